@@ -1,0 +1,300 @@
+"""``drift-segment-source``: run, inspect and operate the service from a terminal."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask
+
+from . import __version__, config
+
+
+def load_app() -> Flask:
+    """The app as configured by the environment, with its schema up to date."""
+    from .app import create_app
+
+    try:
+        app = create_app()
+    except config.ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    app.extensions["store"].migrate()
+    return app
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="drift-segment-source")
+def main() -> None:
+    """Drift webhooks in, exact Segment calls out."""
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+@main.command()
+def serve() -> None:
+    """Run the web service and its delivery loop (gunicorn, binds $PORT)."""
+    from gunicorn.app.base import BaseApplication
+
+    from . import gunicorn_conf
+
+    load_app()  # migrate once, before the workers start
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for name, value in vars(gunicorn_conf).items():
+                if name in self.cfg.settings and value is not None:
+                    self.cfg.set(name, value)
+
+        def load(self) -> Flask:
+            from .app import create_app
+
+            return create_app()
+
+    Server().run()
+
+
+@main.command()
+def worker() -> None:
+    """Run the delivery loop alone (scale-out: set DELIVERY_IN_WEB=false on web dynos)."""
+    from .app import make_delivery
+
+    app = load_app()
+    delivery = make_delivery(app)
+
+    def stop(signum: int, frame: Any) -> None:
+        click.echo(f"signal {signum}: finishing the current batch", err=True)
+        delivery.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    delivery.run_forever()
+
+
+@main.command()
+def migrate() -> None:
+    """Create or update the database schema."""
+    load_app()
+    click.echo("schema is up to date")
+
+
+@main.command("config")
+def show_config() -> None:
+    """Print every setting (secrets masked) and what is missing."""
+    try:
+        settings = config.load_settings()
+    except config.ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    width = max(len(setting.name) for setting in config.SETTINGS)
+    for setting in config.SETTINGS:
+        value = settings[setting.name]
+        shown = config.mask(value) if setting.secret else (
+            "(unset)" if value in (None, "") else str(value))
+        click.echo(f"{setting.name:<{width}}  {shown:<28}  {setting.doc}")
+    click.echo()
+    mode = "app mode (many orgs)" if config.app_mode(settings) else "self-hosted (one org)"
+    click.echo(f"mode: {mode}")
+    if config.dry_run(settings):
+        click.secho("DRY-RUN: SEGMENT_WRITE_KEY is unset; messages are logged, not sent.",
+                    fg="yellow")
+    problems = config.missing(settings)
+    for problem in problems:
+        click.secho(f"missing: {problem}", fg="red")
+    if not problems:
+        click.echo("nothing missing")
+
+
+# -- payloads -------------------------------------------------------------------------------
+
+
+def payload_files(paths: tuple[str, ...]) -> Iterator[Path]:
+    """Webhook files under the given files or folders (fixtures' expected files skipped)."""
+    for name in paths:
+        path = Path(name)
+        candidates = sorted(path.rglob("*.json")) if path.is_dir() else [path]
+        for candidate in candidates:
+            if not candidate.name.endswith((".segment.json", ".drift-api.json")):
+                yield candidate
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--received-at", type=click.DateTime(), default=None,
+              help="Receipt time for events without their own time (default: now, UTC).")
+def translate(files: tuple[str, ...], received_at: datetime | None) -> None:
+    """Print the Segment messages each webhook file becomes (nothing is sent)."""
+    from .drift_api import DriftApi
+    from .envelope import Rejected, parse_json, read_envelope
+    from .routing import SelfHostedRouting
+    from .segment_out import MessageBuilder
+    from .translators import TRANSLATORS
+    from .translators import translate as to_calls
+
+    settings = config.load_settings()
+    routing = SelfHostedRouting(settings)
+    drift_api = DriftApi(settings["DRIFT_API_URL"], settings["DRIFT_TIMEOUT_SECONDS"])
+    builder = MessageBuilder()
+    received = (received_at or datetime.now(UTC)).replace(tzinfo=UTC)
+    failed = False
+    for path in payload_files(files):
+        try:
+            envelope = read_envelope(parse_json(path.read_bytes()))
+            translator = TRANSLATORS.get(envelope.event_type)
+            if translator is None:
+                click.echo(json.dumps({"file": str(path), "ignored": envelope.event_type}))
+                continue
+            data = translator.validate(envelope.data)
+            conversation = None
+            needed = translator.conversation_needed(data)
+            credentials = routing.drift_credentials(envelope.org_id)
+            if needed is not None:
+                if credentials is None:
+                    raise click.ClickException(
+                        f"{path}: needs GET /conversations/{needed}; set DRIFT_ACCESS_TOKEN")
+                conversation = drift_api.conversation(envelope.org_id, needed, credentials)
+            calls = to_calls(translator, envelope.org_id, data, received, conversation)
+            messages = [builder.build(call) for call in calls]
+        except Rejected as rejection:
+            click.echo(json.dumps({"file": str(path), **rejection.body}), err=True)
+            failed = True
+            continue
+        except Exception as error:
+            messages_text = getattr(error, "messages", None) or str(error)
+            click.echo(json.dumps({"file": str(path), "error": messages_text}, default=str),
+                       err=True)
+            failed = True
+            continue
+        click.echo(json.dumps({"file": str(path), "batch": messages}, indent=2,
+                              ensure_ascii=False))
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--url", default="http://127.0.0.1:8000/webhooks/drift", show_default=True,
+              help="The running service's webhook endpoint.")
+@click.option("--token", envvar="DRIFT_VERIFICATION_TOKEN", default=None,
+              help="Send this verification token (header) instead of the files' own.")
+def replay(paths: tuple[str, ...], url: str, token: str | None) -> None:
+    """Post webhook files to a running service, with a progress bar."""
+    import requests
+
+    files = list(payload_files(paths))
+    answers: dict[str, int] = {}
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["X-Verification-Token"] = token.split(",")[0].strip()
+    with requests.Session() as session, click.progressbar(files, label="replaying") as bar:
+        for path in bar:
+            response = session.post(url, data=path.read_bytes(), headers=headers, timeout=30)
+            try:
+                outcome = response.json().get("status") or response.json().get("error")
+            except ValueError:
+                outcome = f"http {response.status_code}"
+            answers[outcome] = answers.get(outcome, 0) + 1
+    click.echo(json.dumps(answers, sort_keys=True))
+    if set(answers) - {"accepted", "duplicate", "ignored"}:
+        sys.exit(1)
+
+
+# -- dead letters and quarantine ------------------------------------------------------------
+
+
+def when(epoch: float | None) -> str:
+    """An epoch time for a terminal, in UTC."""
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@main.group()
+def deadletters() -> None:
+    """Webhooks delivery gave up on, with the reason."""
+
+
+@deadletters.command("list")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def deadletters_list(limit: int, as_json: bool) -> None:
+    """Show the newest dead letters."""
+    rows = load_app().extensions["store"].dead_letters(limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    if not rows:
+        click.echo("no dead letters")
+        return
+    click.echo(f"{'id':>8}  {'org':>10}  {'type':<34}  {'tries':>5}  {'received (UTC)':<19}  reason")
+    for row in rows:
+        click.echo(f"{row['id']:>8}  {row['org_id']:>10}  {row['event_type']:<34}  "
+                   f"{row['attempts']:>5}  {when(row['received_at']):<19}  {row['last_error']}")
+
+
+@deadletters.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Retry every dead letter.")
+def deadletters_retry(ids: tuple[int, ...], everything: bool) -> None:
+    """Send dead letters back to delivery (translated again from the stored webhook)."""
+    if not ids and not everything:
+        raise click.UsageError("name dead-letter ids, or pass --all")
+    count = load_app().extensions["store"].retry_dead(list(ids) or None)
+    click.echo(f"{count} dead letter(s) queued for delivery")
+
+
+@deadletters.command("purge")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Delete every dead letter.")
+@click.confirmation_option(prompt="Delete these dead letters for good?")
+def deadletters_purge(ids: tuple[int, ...], everything: bool) -> None:
+    """Delete dead letters for good."""
+    if not ids and not everything:
+        raise click.UsageError("name dead-letter ids, or pass --all")
+    count = load_app().extensions["store"].purge_dead(list(ids) or None)
+    click.echo(f"{count} dead letter(s) deleted")
+
+
+@main.group()
+def quarantine() -> None:
+    """Payloads refused with 422 (data failed its schema), kept for a translator fix."""
+
+
+@quarantine.command("list")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def quarantine_list(limit: int, as_json: bool) -> None:
+    """Show quarantined payloads and their field errors."""
+    rows = load_app().extensions["store"].quarantined(limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps({**row, "errors": json.loads(row["errors"])}))
+        return
+    if not rows:
+        click.echo("quarantine is empty")
+        return
+    click.echo(f"{'id':>8}  {'org':>10}  {'type':<34}  {'received (UTC)':<19}  errors")
+    for row in rows:
+        click.echo(f"{row['id']:>8}  {row['org_id'] or '-':>10}  {row['event_type']:<34}  "
+                   f"{when(row['received_at']):<19}  {row['errors']}")
+
+
+@quarantine.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def quarantine_retry(ids: tuple[int, ...], as_json: bool) -> None:
+    """Validate quarantined payloads again; those that pass now are queued for delivery."""
+    from .quarantine import retry_quarantined
+
+    outcome = retry_quarantined(load_app(), list(ids) or None)
+    if as_json:
+        click.echo(json.dumps(outcome, sort_keys=True))
+    else:
+        click.echo(f"{outcome['accepted']} accepted, {outcome['duplicate']} already stored, "
+                   f"{outcome['still_invalid']} still invalid")

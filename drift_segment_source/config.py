@@ -1,0 +1,189 @@
+"""Every setting of the service, declared once: name, default, parser and a one-line doc.
+
+Settings are read from the environment only (``create_app(config)`` may override them for
+tests). ``drift-segment-source config`` prints this table with secrets masked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _integer(raw: str) -> int:
+    return int(raw.strip())
+
+
+def _number(raw: str) -> float:
+    return float(raw.strip())
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def _token_list(raw: str) -> tuple[str, ...]:
+    return tuple(token.strip() for token in raw.split(",") if token.strip())
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: how to read it and what it means."""
+
+    name: str
+    default: Any
+    doc: str
+    parse: Callable[[str], Any] = _text
+    secret: bool = False
+    required_in: str | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SEGMENT_WRITE_KEY", None,
+            "Write key of the Segment source; unset means dry-run (messages logged, not sent).",
+            secret=True),
+    Setting("SEGMENT_HOST", "https://api.segment.io",
+            "Segment API base URL (EU workspaces: https://events.eu1.segmentapis.com)."),
+    Setting("DRIFT_VERIFICATION_TOKEN", (),
+            "Verification token(s) of the Drift app, comma-separated during rotation.",
+            parse=_token_list, secret=True, required_in="all modes"),
+    Setting("DRIFT_ACCESS_TOKEN", None,
+            "Bearer token for the Drift API, used to look up conversations.", secret=True),
+    Setting("DRIFT_API_URL", "https://driftapi.com", "Drift API base URL."),
+    Setting("DRIFT_CLIENT_ID", None, "Drift app client id; with the secret, enables app mode."),
+    Setting("DRIFT_CLIENT_SECRET", None, "Drift app client secret (app mode).", secret=True),
+    Setting("DRIFT_AUTHORIZE_URL", "https://dev.drift.com/authorize",
+            "Drift OAuth authorize page (app mode)."),
+    Setting("DRIFT_SETTINGS_URL", "https://app.drift.com/settings/integrations",
+            "Where an org admin is sent after saving the write key (app mode)."),
+    Setting("PUBLIC_URL", None,
+            "The service's public base URL, for the OAuth redirect; derived from the request."),
+    Setting("DATABASE_URL", None,
+            "sqlite:///path or postgres://...; unset means a SQLite file in the instance folder.",
+            secret=True),
+    Setting("SECRET_KEY", None,
+            "Signs sessions and OAuth state, encrypts secrets at rest.", secret=True,
+            required_in="app mode"),
+    Setting("ADMIN_TOKEN", None,
+            "Bearer token for the status page and admin API; unset disables them.", secret=True),
+    Setting("PORT", 8000, "Port `serve` binds.", parse=_integer),
+    Setting("WEB_CONCURRENCY", 2, "gunicorn worker processes.", parse=_integer),
+    Setting("WEB_THREADS", 4, "Threads per gunicorn worker (gthread).", parse=_integer),
+    Setting("MAX_BODY_BYTES", 1024 * 1024, "Largest webhook body accepted (413 above).",
+            parse=_integer),
+    Setting("DELIVERY_IN_WEB", True,
+            "Run the delivery loop inside the web workers (off when a `worker` process runs it).",
+            parse=_flag),
+    Setting("DELIVERY_BATCH_SIZE", 500, "Webhooks claimed per delivery round.", parse=_integer),
+    Setting("DELIVERY_POLL_SECONDS", 0.5, "Idle wait between delivery rounds.", parse=_number),
+    Setting("DELIVERY_LEASE_SECONDS", 60.0,
+            "How long a claim lasts; a crashed worker's rows are retried after it.",
+            parse=_number),
+    Setting("DELIVERY_MAX_ATTEMPTS", 25, "Attempts before a row is dead-lettered.",
+            parse=_integer),
+    Setting("DELIVERY_MAX_AGE_HOURS", 72.0, "Age after which an undelivered row is dead-lettered.",
+            parse=_number),
+    Setting("DELIVERY_BACKOFF_SECONDS", 2.0, "First retry delay; doubles per attempt, jittered.",
+            parse=_number),
+    Setting("DELIVERY_BACKOFF_MAX_SECONDS", 900.0, "Ceiling of the retry delay.", parse=_number),
+    Setting("SEGMENT_TIMEOUT_SECONDS", 15.0, "Timeout of one batch post to Segment.",
+            parse=_number),
+    Setting("DRIFT_TIMEOUT_SECONDS", 10.0, "Timeout of one Drift API call.", parse=_number),
+    Setting("RETENTION_DAYS", 7.0, "Delivered rows are pruned after this many days.",
+            parse=_number),
+    Setting("SEGMENT_TRANSPORT", "http",
+            "Segment transport: http, or `failing` to inject faults (tests, drills)."),
+    Setting("STORE_FAULT", "",
+            "Fault injection for the store: `unavailable` makes every write fail (tests, drills)."),
+    Setting("LOG_LEVEL", "INFO", "Log level of the service's JSON logs."),
+)
+
+SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Read every declared setting from the environment, then apply overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.name)
+        if raw is None or raw.strip() == "":
+            values[setting.name] = setting.default
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as error:
+            raise ConfigError(f"{setting.name}: {error}") from None
+    for name, value in (overrides or {}).items():
+        setting = SETTINGS_BY_NAME.get(name)
+        if setting is not None and isinstance(value, str) and setting.parse is not _text:
+            value = setting.parse(value)
+        values[name] = value
+    return values
+
+
+def app_mode(settings: Mapping[str, Any]) -> bool:
+    """App mode (many Drift orgs, OAuth install) is on when the client id and secret are set."""
+    return bool(settings.get("DRIFT_CLIENT_ID") and settings.get("DRIFT_CLIENT_SECRET"))
+
+
+def missing(settings: Mapping[str, Any]) -> list[str]:
+    """Names of settings the current mode needs that are unset, each with why."""
+    problems = []
+    if not settings.get("DRIFT_VERIFICATION_TOKEN"):
+        problems.append("DRIFT_VERIFICATION_TOKEN: required to accept webhooks (all get 401)")
+    if app_mode(settings) and not settings.get("SECRET_KEY"):
+        problems.append("SECRET_KEY: required in app mode (DRIFT_CLIENT_ID/SECRET are set)")
+    return problems
+
+
+def dry_run(settings: Mapping[str, Any]) -> bool:
+    """Without a write key (and outside app mode) messages are built and logged, not sent."""
+    return not settings.get("SEGMENT_WRITE_KEY") and not app_mode(settings)
+
+
+def mask(value: Any) -> str:
+    """Show that a secret is set without showing it."""
+    if value in (None, "", ()):
+        return "(unset)"
+    if isinstance(value, tuple):
+        return ", ".join(mask(item) for item in value)
+    text = str(value)
+    return f"{text[:2]}…({len(text)} chars)" if len(text) > 8 else "****"
+
+
+def secret_values(settings: Mapping[str, Any]) -> list[str]:
+    """Every secret value currently configured, for the log redaction filter."""
+    found: list[str] = []
+    for setting in SETTINGS:
+        value = settings.get(setting.name)
+        if not setting.secret or not value:
+            continue
+        found.extend(value if isinstance(value, tuple) else [str(value)])
+    return [secret for secret in found if len(secret) >= 4]
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept Heroku's ``postgres://`` spelling and pick the psycopg 3 driver."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url

@@ -1,0 +1,134 @@
+"""The Drift API edge: the conversation lookups some events need, cached.
+
+Failures are classified, not retried at length here: the delivery loop reschedules only the
+affected rows (with backoff) so one slow lookup never stalls the others.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from cachetools import TTLCache
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from . import __version__, metrics
+
+# A conversation's contact never changes; its status does, so a push reads a fresh copy
+# within a few minutes at most.
+CACHE_SECONDS = 300
+CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class DriftApiError(Exception):
+    """A lookup failed; ``retryable`` says whether trying later can help."""
+
+    status: int | None
+    message: str
+    retryable: bool
+    retry_after: float | None = None
+
+    def __str__(self) -> str:
+        return f"Drift API {self.status or 'network error'}: {self.message}"
+
+
+class TokenRejected(DriftApiError):
+    """Drift answered 401: the access token is wrong, revoked or expired."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to call the Drift API for one org: a token and, in app mode, a way to renew it."""
+
+    access_token: str
+    refresh: Callable[[], str] | None = None
+
+
+def make_session() -> requests.Session:
+    """A pooled session with one quick retry for transient errors (made after fork)."""
+    session = requests.Session()
+    retry = Retry(
+        total=1,
+        backoff_factor=0.2,
+        status_forcelist=(500, 502, 503, 504),
+        allowed_methods=("GET",),
+        respect_retry_after_header=False,
+        raise_on_status=False,
+    )
+    session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
+    session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
+    session.headers["User-Agent"] = f"drift-segment-source/{__version__}"
+    return session
+
+
+class DriftApi:
+    """Conversation lookups against ``DRIFT_API_URL`` with per-org credentials."""
+
+    def __init__(self, base_url: str, timeout: float,
+                 session: requests.Session | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = session or make_session()
+        self._cache: TTLCache[tuple[int, str], dict[str, Any]] = TTLCache(CACHE_SIZE,
+                                                                          CACHE_SECONDS)
+        self._lock = threading.Lock()
+
+    def conversation(self, org_id: int, conversation_id: int | str,
+                     credentials: Credentials) -> dict[str, Any]:
+        """``GET /conversations/{id}``'s ``data``; raises DriftApiError."""
+        key = (org_id, str(conversation_id))
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        body = self._get(f"/conversations/{conversation_id}", "conversations", credentials)
+        conversation = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(conversation, dict):
+            raise DriftApiError(200, "conversation answer has no data object", retryable=True)
+        with self._lock:
+            self._cache[key] = conversation
+        return conversation
+
+    def _get(self, path: str, endpoint: str, credentials: Credentials) -> Any:
+        token = credentials.access_token
+        for renewed in (False, True):
+            response = self._request(path, endpoint, token)
+            if response.status_code == 401 and credentials.refresh and not renewed:
+                token = credentials.refresh()
+                continue
+            break
+        return self._answer(response)
+
+    def _request(self, path: str, endpoint: str, token: str) -> requests.Response:
+        try:
+            response = self.session.get(
+                self.base_url + path,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                timeout=self.timeout,
+            )
+        except requests.RequestException as error:
+            metrics.DRIFT_API_CALLS.labels(endpoint=endpoint, status="network").inc()
+            raise DriftApiError(None, type(error).__name__, retryable=True) from None
+        metrics.DRIFT_API_CALLS.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        return response
+
+    @staticmethod
+    def _answer(response: requests.Response) -> Any:
+        status = response.status_code
+        if status == 401:
+            raise TokenRejected(401, "access token rejected", retryable=True)
+        if status == 429 or status >= 500:
+            retry_after = response.headers.get("Retry-After", "")
+            raise DriftApiError(status, response.reason or "", retryable=True,
+                                retry_after=float(retry_after) if retry_after.isdigit() else None)
+        if status >= 400:
+            raise DriftApiError(status, response.reason or "", retryable=False)
+        try:
+            return response.json()
+        except ValueError:
+            raise DriftApiError(status, "answer is not JSON", retryable=True) from None

@@ -1,0 +1,50 @@
+"""``/healthz`` (the process answers), ``/readyz`` (it can do its job), ``/metrics``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from . import config, metrics
+from .store import Store, StoreUnavailable
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/healthz")
+def healthz() -> Response:
+    """Liveness: the process serves requests. Never touches the store."""
+    return jsonify(status="ok")
+
+
+@blueprint.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Readiness: store reachable, configuration usable; details for operators."""
+    settings: dict[str, Any] = current_app.config
+    store: Store = current_app.extensions["store"]
+    checks: dict[str, Any] = {}
+    problems = config.missing(settings)
+    checks["config"] = {"ok": not problems, "missing": problems,
+                        "dry_run": config.dry_run(settings),
+                        "app_mode": config.app_mode(settings)}
+    try:
+        count, oldest = store.backlog()
+        checks["store"] = {"ok": True, "backlog": count,
+                           "oldest_pending_age_seconds":
+                               None if oldest is None else round(time.time() - oldest, 3)}
+    except StoreUnavailable as error:
+        checks["store"] = {"ok": False, "error": str(error)}
+    except Exception as error:  # any database error means "not ready", never a 500
+        checks["store"] = {"ok": False, "error": type(error).__name__}
+    checks.update(current_app.extensions["routing"].readiness())
+    ready = checks["store"]["ok"] and checks["config"]["ok"]
+    return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
+
+
+@blueprint.get("/metrics")
+def metrics_endpoint() -> Response:
+    """Prometheus text exposition."""
+    body, content_type = metrics.exposition(current_app.extensions["store"])
+    return Response(body, content_type=content_type)

@@ -1,0 +1,97 @@
+"""Prometheus metrics. Every metric is listed with its meaning in ``docs/metrics.md``.
+
+Under gunicorn several processes count; ``PROMETHEUS_MULTIPROC_DIR`` (set by the gunicorn
+config before the workers fork) makes ``/metrics`` add them up. Backlog figures are read
+from the store at scrape time, so every process reports the same truth.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .store import Store
+
+PREFIX = "drift_segment_source_"
+
+WEBHOOKS = Counter(
+    PREFIX + "webhooks_total",
+    "Webhooks received at /webhooks/drift, by Drift event type and what they got.",
+    ["type", "outcome"],
+)
+DELIVERIES = Counter(
+    PREFIX + "deliveries_total",
+    "Stored webhooks leaving a delivery round, by outcome.",
+    ["outcome"],
+)
+SEGMENT_BATCHES = Counter(
+    PREFIX + "segment_batches_total",
+    "Batches posted to Segment, by HTTP status (or 'network' when no answer came).",
+    ["status"],
+)
+SEGMENT_MESSAGES = Counter(
+    PREFIX + "segment_messages_total",
+    "Segment messages confirmed by a 2xx answer.",
+)
+DELIVERY_LATENCY = Histogram(
+    PREFIX + "delivery_latency_seconds",
+    "From receipt of a webhook to Segment's 2xx for its messages.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+)
+DRIFT_API_CALLS = Counter(
+    PREFIX + "drift_api_requests_total",
+    "Calls to the Drift API, by endpoint and HTTP status (or 'network').",
+    ["endpoint", "status"],
+)
+
+# The Drift event types known to the service are labelled by name; anything else is
+# "other", so that a sender cannot grow the number of time series without bound.
+OTHER_TYPE = "other"
+
+
+class BacklogCollector(Collector):
+    """Backlog size and age, read from the store when scraped."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        count, oldest = self.store.backlog()
+        yield GaugeMetricFamily(PREFIX + "backlog_webhooks",
+                                "Stored webhooks waiting for delivery (state pending).",
+                                value=count)
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
+        yield GaugeMetricFamily(PREFIX + "oldest_pending_age_seconds",
+                                "Age of the oldest webhook waiting for delivery.", value=age)
+        by_state = GaugeMetricFamily(PREFIX + "stored_webhooks",
+                                     "Stored webhooks by event type and state.",
+                                     labels=["type", "state"])
+        for (event_type, state), number in sorted(self.store.counts().items()):
+            by_state.add_metric([event_type, state], number)
+        yield by_state
+
+
+def exposition(store: Store) -> tuple[bytes, str]:
+    """The text ``/metrics`` serves: process counters (all workers) plus the backlog."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        counters = generate_latest(registry)
+    else:
+        counters = generate_latest(REGISTRY)
+    backlog_registry = CollectorRegistry(auto_describe=False)
+    backlog_registry.register(BacklogCollector(store))
+    return counters + generate_latest(backlog_registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,146 @@
+"""The Segment edge: messages built by the official library, posted in batches.
+
+``Client(send=False)`` does the library's normalisation (messageId, ISO timestamp,
+``context.library``, size check) without its in-memory queue, which is neither durable nor
+fork-safe. Batches go out through the library's ``request.post``, synchronously, so a row
+is marked delivered only after Segment's 2xx.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import requests
+from segment.analytics import Client
+from segment.analytics.request import APIError, DatetimeSerializer, parse_retry_after, post
+
+from . import __version__
+from .translators import SegmentCall
+
+INTEGRATION = {"name": "drift-segment-source", "version": __version__}
+# Segment's limits are 500 KB and 2,500 messages per batch; stay under with room for the
+# envelope, as the library's own consumer does (475,000 bytes).
+MAX_BATCH_BYTES = 475_000
+MAX_BATCH_MESSAGES = 2_500
+RETRYABLE_STATUSES = {408, 429} | set(range(500, 600))
+
+
+class MessageTooLarge(ValueError):
+    """A message is over Segment's 32 KB limit and would be refused."""
+
+
+@dataclass(frozen=True)
+class SegmentError(Exception):
+    """Segment did not answer 2xx (``status`` None: no answer at all)."""
+
+    status: int | None
+    message: str
+    retry_after: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        """Worth trying again later: no answer, timeouts, rate limits and server errors."""
+        return self.status is None or self.status in RETRYABLE_STATUSES
+
+    def __str__(self) -> str:
+        return f"Segment {self.status or 'network error'}: {self.message}"
+
+
+class MessageBuilder:
+    """Normalises calls into Segment messages with the official library."""
+
+    def __init__(self) -> None:
+        # The write key is not used: send=False only builds. The library requires a string.
+        self._client = Client("build-only", send=False)
+
+    def build(self, call: SegmentCall) -> dict[str, Any]:
+        """The message exactly as the library would send it; MessageTooLarge over 32 KB."""
+        options = {
+            "anonymous_id": call.anonymous_id,
+            "timestamp": call.timestamp,
+            "message_id": call.message_id,
+            # A new dict each time: the library writes context.library into the one given.
+            "context": {"integration": dict(INTEGRATION)},
+            "integrations": {"Drift": False},
+        }
+        try:
+            if call.kind == "track":
+                _, message = self._client.track(event=call.event, properties=call.fields,
+                                                **options)
+            else:
+                _, message = self._client.identify(traits=call.fields, **options)
+        except RuntimeError:
+            raise MessageTooLarge(f"{call.message_id} is over Segment's 32 KB limit") from None
+        built: dict[str, Any] = message
+        return built
+
+
+def message_size(message: dict[str, Any]) -> int:
+    """Bytes the message takes in a batch body."""
+    return len(json.dumps(message, cls=DatetimeSerializer).encode())
+
+
+def batches(messages: Sequence[dict[str, Any]]) -> Iterator[list[int]]:
+    """Split messages into batches under Segment's limits; yields index lists."""
+    current: list[int] = []
+    size = 0
+    for index, message in enumerate(messages):
+        length = message_size(message) + 1
+        if current and (size + length > MAX_BATCH_BYTES or len(current) >= MAX_BATCH_MESSAGES):
+            yield current
+            current, size = [], 0
+        current.append(index)
+        size += length
+    if current:
+        yield current
+
+
+class Transport(Protocol):
+    """Posts one batch to Segment; raises SegmentError unless Segment answered 2xx."""
+
+    def post(self, write_key: str, host: str, batch: list[dict[str, Any]]) -> None: ...
+
+
+class HttpTransport:
+    """The real thing: the Segment library's ``request.post`` to ``host``/v1/batch."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def post(self, write_key: str, host: str, batch: list[dict[str, Any]]) -> None:
+        try:
+            post(write_key, host, timeout=self.timeout, batch=batch)
+        except APIError as error:
+            retry_after = None
+            if error.response is not None:
+                retry_after = parse_retry_after(error.response)
+            raise SegmentError(int(error.status), str(error.message)[:300],
+                               retry_after) from None
+        except requests.RequestException as error:
+            raise SegmentError(None, type(error).__name__) from None
+
+
+class FailingTransport:
+    """Fault injection (``SEGMENT_TRANSPORT=failing``): every post fails like an outage."""
+
+    def __init__(self, status: int | None = 503, probability: float = 1.0) -> None:
+        self.status = status
+        self.probability = probability
+
+    def post(self, write_key: str, host: str, batch: list[dict[str, Any]]) -> None:
+        if random.random() < self.probability:
+            raise SegmentError(self.status, "injected failure (SEGMENT_TRANSPORT=failing)")
+
+
+def make_transport(name: str, timeout: float) -> Transport:
+    """The transport named by ``SEGMENT_TRANSPORT``: ``http`` or ``failing[:status]``."""
+    if name == "http":
+        return HttpTransport(timeout)
+    if name.startswith("failing"):
+        _, _, status = name.partition(":")
+        return FailingTransport(int(status) if status else 503)
+    raise ValueError(f"SEGMENT_TRANSPORT must be 'http' or 'failing[:status]', got {name!r}")

@@ -1,0 +1,371 @@
+"""The durable store: accepted webhooks, their delivery state, quarantine and leases.
+
+Every method is one short transaction. The web side only ever calls :meth:`Store.accept`
+and :meth:`Store.quarantine`; everything else belongs to delivery and operations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+
+from .db import leases, quarantine, webhooks
+
+Clock = Callable[[], float]
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached or written; the webhook was not stored."""
+
+
+@dataclass(frozen=True)
+class StoredWebhook:
+    """A claimed row, as the delivery loop sees it."""
+
+    id: int
+    org_id: int
+    event_type: str
+    payload: dict[str, Any]
+    received_at: float
+    queued_at: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A row that did not get delivered this time, and why."""
+
+    id: int
+    reason: str
+
+
+class Store:
+    """Reads and writes of the service's tables, on SQLite or PostgreSQL."""
+
+    def __init__(self, engine: Engine, clock: Clock = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+        dialect = engine.dialect.name
+        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or update the schema to the newest Alembic revision."""
+        config = Config()
+        config.set_main_option("script_location", "drift_segment_source:migrations")
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the schema is reachable."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(select(webhooks.c.id).limit(1))
+        except OperationalError as error:
+            raise StoreUnavailable(type(error.orig).__name__) from None
+
+    # -- the web side -----------------------------------------------------------------------
+
+    def accept(
+        self,
+        org_id: int,
+        event_type: str,
+        dedupe_key: str,
+        payload: str,
+        hold_reason: str | None = None,
+        received_at: float | None = None,
+    ) -> int | None:
+        """Store a webhook durably; its id, or None when this Drift event is already stored."""
+        now = self.clock()
+        statement = (
+            self._insert(webhooks)
+            .values(
+                org_id=org_id,
+                event_type=event_type,
+                dedupe_key=dedupe_key,
+                payload=payload,
+                received_at=now if received_at is None else received_at,
+                queued_at=now,
+                state="held" if hold_reason else "pending",
+                hold_reason=hold_reason,
+                attempts=0,
+                next_attempt_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(webhooks.c.id)
+        )
+        try:
+            with self.engine.begin() as connection:
+                stored_id = connection.execute(statement).scalar()
+        except OperationalError as error:
+            raise StoreUnavailable(type(error.orig).__name__) from None
+        return None if stored_id is None else int(stored_id)
+
+    def quarantine(self, org_id: int | None, event_type: str, payload: str, errors: Any) -> int:
+        """Keep a payload whose data failed its schema, with the field errors."""
+        try:
+            with self.engine.begin() as connection:
+                result = connection.execute(
+                    insert(quarantine).values(
+                        org_id=org_id,
+                        event_type=event_type,
+                        payload=payload,
+                        errors=json.dumps(errors, sort_keys=True),
+                        received_at=self.clock(),
+                    )
+                )
+        except OperationalError as error:
+            raise StoreUnavailable(type(error.orig).__name__) from None
+        assert result.inserted_primary_key is not None
+        return int(result.inserted_primary_key[0])
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[StoredWebhook]:
+        """Lease up to ``limit`` due rows to ``owner``; concurrent claimers skip each other.
+
+        The attempt is counted at claim time, so a row that crashes its worker every time
+        still runs out of attempts and reaches the dead letters.
+        """
+        now = self.clock()
+        due = (
+            select(webhooks.c.id)
+            .where(
+                webhooks.c.state == "pending",
+                webhooks.c.next_attempt_at <= now,
+                or_(webhooks.c.lease_expires_at.is_(None), webhooks.c.lease_expires_at < now),
+            )
+            .order_by(webhooks.c.next_attempt_at, webhooks.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        statement = (
+            update(webhooks)
+            .where(webhooks.c.id.in_(due.scalar_subquery()))
+            .values(
+                lease_owner=owner,
+                lease_expires_at=now + lease_seconds,
+                attempts=webhooks.c.attempts + 1,
+            )
+            .returning(
+                webhooks.c.id,
+                webhooks.c.org_id,
+                webhooks.c.event_type,
+                webhooks.c.payload,
+                webhooks.c.received_at,
+                webhooks.c.queued_at,
+                webhooks.c.attempts,
+            )
+        )
+        with self.engine.begin() as connection:
+            rows = connection.execute(statement).all()
+        claimed = [
+            StoredWebhook(row.id, row.org_id, row.event_type, json.loads(row.payload),
+                          row.received_at, row.queued_at, row.attempts)
+            for row in rows
+        ]
+        claimed.sort(key=lambda row: row.id)
+        return claimed
+
+    def _finish(self, owner: str, ids: Sequence[int], **values: Any) -> int:
+        if not ids:
+            return 0
+        statement = (
+            update(webhooks)
+            .where(webhooks.c.id.in_(ids), webhooks.c.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None, **values)
+        )
+        with self.engine.begin() as connection:
+            return connection.execute(statement).rowcount
+
+    def mark_delivered(self, owner: str, ids: Sequence[int]) -> int:
+        """Segment answered 2xx for these rows' messages."""
+        return self._finish(owner, ids, state="delivered", finished_at=self.clock(),
+                            last_error=None)
+
+    def mark_dry_run(self, owner: str, ids: Sequence[int]) -> int:
+        """These rows' messages were logged, not sent (no write key)."""
+        return self._finish(owner, ids, state="dry_run", finished_at=self.clock())
+
+    def mark_dead(self, owner: str, failures: Iterable[Failure]) -> int:
+        """Move rows to the dead letters with their reason."""
+        count = 0
+        for failure in failures:
+            count += self._finish(owner, [failure.id], state="dead", finished_at=self.clock(),
+                                  last_error=failure.reason)
+        return count
+
+    def hold(self, owner: str, ids: Sequence[int], hold_reason: str, error: str) -> int:
+        """Park rows until a missing credential is configured (see :meth:`release_held`)."""
+        return self._finish(owner, ids, state="held", hold_reason=hold_reason, last_error=error)
+
+    def reschedule(self, owner: str, failures: Iterable[Failure], next_attempt_at: float) -> int:
+        """Give rows back for another attempt at ``next_attempt_at``."""
+        count = 0
+        for failure in failures:
+            count += self._finish(owner, [failure.id], next_attempt_at=next_attempt_at,
+                                  last_error=failure.reason)
+        return count
+
+    def release(self, owner: str) -> int:
+        """Give every row leased to ``owner`` back, due now (used on shutdown)."""
+        statement = (
+            update(webhooks)
+            .where(webhooks.c.lease_owner == owner, webhooks.c.state == "pending")
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+        with self.engine.begin() as connection:
+            return connection.execute(statement).rowcount
+
+    def release_held(self, hold_reason: str, org_id: int | None = None) -> int:
+        """Make held rows due again once what they waited for is there."""
+        conditions = [webhooks.c.state == "held", webhooks.c.hold_reason == hold_reason]
+        if org_id is not None:
+            conditions.append(webhooks.c.org_id == org_id)
+        statement = (
+            update(webhooks)
+            .where(*conditions)
+            .values(state="pending", hold_reason=None, next_attempt_at=self.clock(),
+                    queued_at=self.clock())
+        )
+        with self.engine.begin() as connection:
+            return connection.execute(statement).rowcount
+
+    # -- singleton lease (SQLite runs one delivery loop at a time) --------------------------
+
+    def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Take or renew the named lease; False while someone else holds it."""
+        now = self.clock()
+        statement = (
+            self._insert(leases)
+            .values(name=name, owner=owner, expires_at=now + seconds)
+            .on_conflict_do_update(
+                index_elements=["name"],
+                set_={"owner": owner, "expires_at": now + seconds},
+                where=or_(leases.c.owner == owner, leases.c.expires_at < now),
+            )
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement)
+            holder = connection.execute(
+                select(leases.c.owner).where(leases.c.name == name)
+            ).scalar()
+        return bool(holder == owner)
+
+    def drop_lease(self, name: str, owner: str) -> None:
+        """Let the named lease go so another process can take it at once."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                delete(leases).where(leases.c.name == name, leases.c.owner == owner)
+            )
+
+    # -- operations -------------------------------------------------------------------------
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Rows per (event type, state)."""
+        statement = select(webhooks.c.event_type, webhooks.c.state, func.count()).group_by(
+            webhooks.c.event_type, webhooks.c.state
+        )
+        with self.engine.connect() as connection:
+            return {(row[0], row[1]): int(row[2]) for row in connection.execute(statement)}
+
+    def backlog(self) -> tuple[int, float | None]:
+        """How many rows wait for delivery, and the receipt time of the oldest."""
+        statement = select(func.count(), func.min(webhooks.c.received_at)).where(
+            webhooks.c.state == "pending"
+        )
+        with self.engine.connect() as connection:
+            count, oldest = connection.execute(statement).one()
+        return int(count), oldest
+
+    def prune(self, delivered_before: float) -> int:
+        """Delete delivered (and dry-run) rows finished before ``delivered_before``."""
+        statement = delete(webhooks).where(
+            webhooks.c.state.in_(["delivered", "dry_run"]),
+            webhooks.c.finished_at < delivered_before,
+        )
+        with self.engine.begin() as connection:
+            return connection.execute(statement).rowcount
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead-lettered rows with their reasons."""
+        statement = (
+            select(webhooks.c.id, webhooks.c.org_id, webhooks.c.event_type, webhooks.c.attempts,
+                   webhooks.c.received_at, webhooks.c.finished_at, webhooks.c.last_error)
+            .where(webhooks.c.state == "dead")
+            .order_by(webhooks.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(statement)]
+
+    def retry_dead(self, ids: Sequence[int] | None = None) -> int:
+        """Send dead letters (all, or the given ids) back to delivery with fresh attempts."""
+        conditions = [webhooks.c.state == "dead"]
+        if ids:
+            conditions.append(webhooks.c.id.in_(ids))
+        statement = (
+            update(webhooks)
+            .where(and_(*conditions))
+            .values(state="pending", attempts=0, next_attempt_at=self.clock(), finished_at=None,
+                    queued_at=self.clock())
+        )
+        with self.engine.begin() as connection:
+            return connection.execute(statement).rowcount
+
+    def purge_dead(self, ids: Sequence[int] | None = None) -> int:
+        """Delete dead letters (all, or the given ids) for good."""
+        conditions = [webhooks.c.state == "dead"]
+        if ids:
+            conditions.append(webhooks.c.id.in_(ids))
+        with self.engine.begin() as connection:
+            return connection.execute(delete(webhooks).where(and_(*conditions))).rowcount
+
+    def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Quarantined payloads not yet released, newest first."""
+        statement = (
+            select(quarantine.c.id, quarantine.c.org_id, quarantine.c.event_type,
+                   quarantine.c.received_at, quarantine.c.errors)
+            .where(quarantine.c.released_at.is_(None))
+            .order_by(quarantine.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(statement)]
+
+    def quarantined_payloads(
+        self, ids: Sequence[int] | None = None
+    ) -> list[tuple[int, str, float]]:
+        """(id, raw payload, receipt time) of unreleased quarantine entries, oldest first."""
+        conditions = [quarantine.c.released_at.is_(None)]
+        if ids:
+            conditions.append(quarantine.c.id.in_(ids))
+        statement = (
+            select(quarantine.c.id, quarantine.c.payload, quarantine.c.received_at)
+            .where(*conditions)
+            .order_by(quarantine.c.id)
+        )
+        with self.engine.connect() as connection:
+            return [(int(row.id), row.payload, row.received_at)
+                    for row in connection.execute(statement)]
+
+    def release_quarantined(self, quarantine_id: int) -> None:
+        """Mark a quarantine entry as handled (it now passes validation)."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(quarantine)
+                .where(quarantine.c.id == quarantine_id)
+                .values(released_at=self.clock())
+            )

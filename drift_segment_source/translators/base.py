@@ -1,0 +1,128 @@
+"""What every translator shares: the call it returns, messageIds and event times.
+
+A translator is pure: Drift ``data`` (already validated by its schema) and, where the
+event needs one, a Conversation fetched by the caller go in; Segment calls come out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from marshmallow import Schema
+
+EVENT_PREFIX = "Drift Source Event: "
+
+Data = dict[str, Any]
+Conversation = Mapping[str, Any]
+
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A call a translator wants made; ids and times are filled in by :func:`translate`."""
+
+    kind: Literal["track", "identify"]
+    contact_id: int | str
+    fields: Data
+    event_time_ms: int | None
+
+
+@dataclass(frozen=True)
+class SegmentCall:
+    """One Segment ``track`` or ``identify`` call, ready for the Segment library."""
+
+    kind: Literal["track", "identify"]
+    anonymous_id: str
+    event: str | None
+    fields: Data
+    timestamp: datetime
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Translator:
+    """How one Drift event type becomes Segment calls."""
+
+    event_type: str
+    schema: Schema
+    identity: Callable[[Data], Iterable[Any]]
+    build: Callable[[Data, Conversation | None], list[Draft]]
+    conversation_needed: Callable[[Data], int | str | None] = field(default=lambda data: None)
+
+    def validate(self, data: Mapping[str, Any]) -> Data:
+        """Load ``data`` with the schema; raises marshmallow's ValidationError."""
+        loaded: Data = self.schema.load(data)
+        return loaded
+
+
+class NeedsConversation(LookupError):
+    """The event can only be translated with its Conversation from the Drift API."""
+
+
+def pick(source: Mapping[str, Any], names: Iterable[str]) -> Data:
+    """Copy the named fields that are present; absent or null fields are left out."""
+    return {name: source[name] for name in names if source.get(name) is not None}
+
+
+def event_datetime(value: int | None, received_at: datetime) -> datetime:
+    """The event's own time (epoch ms, range-checked by fields.EventTime) as aware UTC.
+
+    Falls back to the receipt time when Drift sent no time for the event.
+    """
+    if value is None:
+        return received_at
+    # Integer arithmetic: value / 1000 as a float can land on .424999 and print as .424.
+    seconds, millis = divmod(value, 1000)
+    return datetime.fromtimestamp(seconds, tz=UTC) + timedelta(milliseconds=millis)
+
+
+def message_id(org_id: int, event_type: str, identity: Iterable[Any], index: int) -> str:
+    """Deterministic Segment messageId: same Drift event → same id, on every delivery.
+
+    ``drift-<type>-<first 32 hex of sha256(canonical JSON [orgId, type, *identity, index])>``;
+    at most 71 characters, under Segment's 100.
+    """
+    key = json.dumps(
+        [org_id, event_type, *identity, index],
+        separators=(",", ":"),
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    return f"drift-{event_type}-{digest}"
+
+
+def dedupe_key(org_id: int, event_type: str, identity: Iterable[Any]) -> str:
+    """Key under which a webhook is stored once: the messageId basis without a call index."""
+    return message_id(org_id, event_type, identity, -1)
+
+
+def translate(
+    translator: Translator,
+    org_id: int,
+    data: Data,
+    received_at: datetime,
+    conversation: Conversation | None = None,
+) -> list[SegmentCall]:
+    """Turn validated ``data`` into Segment calls with ids, names and times."""
+    if conversation is None and translator.conversation_needed(data) is not None:
+        raise NeedsConversation(str(translator.conversation_needed(data)))
+    identity = list(translator.identity(data))
+    calls = []
+    for index, draft in enumerate(translator.build(data, conversation)):
+        calls.append(
+            SegmentCall(
+                kind=draft.kind,
+                anonymous_id=str(draft.contact_id),
+                event=EVENT_PREFIX + translator.event_type if draft.kind == "track" else None,
+                fields=draft.fields,
+                timestamp=event_datetime(draft.event_time_ms, received_at),
+                message_id=message_id(org_id, translator.event_type, identity, index),
+            )
+        )
+    return calls

@@ -1,0 +1,69 @@
+"""``contact_updated``: contact attributes changed; becomes an ``identify`` of the changes.
+
+``data.diff[]`` holds ``{name, previous, updated}``. A trait is named after ``name`` without
+its ``attributes.`` prefix; a remaining dotted name becomes nested objects
+(``socialProfiles.twitter`` → ``{"socialProfiles": {"twitter": …}}``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from marshmallow import fields
+
+from .base import Conversation, Data, Draft, Translator
+from .fields import DriftId, DriftSchema, EventTime, Integer
+
+ATTRIBUTE_PREFIX = "attributes."
+
+
+class Change(DriftSchema):
+    name = fields.String(required=True, validate=lambda name: bool(name.strip(". ")))
+    previous = fields.Raw(allow_none=True)
+    updated = fields.Raw(allow_none=True)
+
+
+class ContactUpdatedData(DriftSchema):
+    endUserId = DriftId(required=True)
+    timestamp = EventTime(allow_none=True)
+    orgId = Integer(allow_none=True)
+    diff = fields.List(fields.Nested(Change), required=True)
+
+
+def trait_path(name: str) -> list[str]:
+    """``attributes.address.city`` → ``["address", "city"]``."""
+    if name.startswith(ATTRIBUTE_PREFIX):
+        name = name[len(ATTRIBUTE_PREFIX):]
+    return [part for part in name.split(".") if part]
+
+
+def build(data: Data, conversation: Conversation | None) -> list[Draft]:
+    traits: dict[str, Any] = {}
+    for change in data["diff"]:
+        if "updated" not in change:
+            continue  # nothing was said about the new value, so nothing is sent
+        *parents, leaf = trait_path(change["name"])
+        target = traits
+        for parent in parents:
+            if not isinstance(target.get(parent), dict):
+                target[parent] = {}
+            target = target[parent]
+        # An explicit null is sent as null: Drift cleared the attribute.
+        target[leaf] = change["updated"]
+    traits["contactId"] = data["endUserId"]
+    return [Draft("identify", data["endUserId"], traits, data.get("timestamp"))]
+
+
+def identity(data: Data) -> list[object]:
+    changes = json.dumps(data["diff"], sort_keys=True, separators=(",", ":"), default=str)
+    return [data["endUserId"], data.get("timestamp"), hashlib.sha256(changes.encode()).hexdigest()]
+
+
+TRANSLATOR = Translator(
+    event_type="contact_updated",
+    schema=ContactUpdatedData(),
+    identity=identity,
+    build=build,
+)

@@ -1,0 +1,58 @@
+"""What ``new_meeting`` and ``meeting_updated`` share: ``data`` is a Drift Meeting.
+
+The contact is ``data.contactId`` when Drift sends it, else ``schedulerId`` (the visitor who
+booked). The Segment timestamp is ``scheduledAt``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import ValidationError, fields, validates_schema
+
+from .base import Data
+from .fields import Boolean, DriftId, DriftSchema, EventTime, Integer
+
+
+class MeetingData(DriftSchema):
+    agentId = DriftId(allow_none=True)
+    conferenceType = fields.String(allow_none=True)
+    contactId = DriftId(allow_none=True)
+    conversationId = DriftId(allow_none=True)
+    eventId = fields.String(allow_none=True)
+    eventType = fields.String(allow_none=True)
+    isOrgSlug = Boolean(allow_none=True)
+    isPrivate = Boolean(allow_none=True)
+    isRecurring = Boolean(allow_none=True)
+    meetingSource = fields.String(allow_none=True)
+    orgId = Integer(allow_none=True)
+    scheduledAt = EventTime(allow_none=True)
+    schedulerId = DriftId(allow_none=True)
+    slotEnd = Integer(allow_none=True)
+    slotStart = Integer(allow_none=True)
+    slug = fields.String(allow_none=True)
+    status = fields.String(allow_none=True)
+    updatedAt = Integer(allow_none=True)
+
+    @validates_schema
+    def _names_a_contact(self, data: Data, **kwargs: Any) -> None:
+        if data.get("contactId") is None and data.get("schedulerId") is None:
+            raise ValidationError("contactId or schedulerId is required.", "schedulerId")
+
+
+def contact_id(data: Data) -> int | str:
+    """The visitor the meeting is with."""
+    found: int | str = data["contactId"] if data.get("contactId") is not None else data[
+        "schedulerId"]
+    return found
+
+
+def with_contact(data: Data) -> Data:
+    """``data`` with ``contactId`` filled in from ``schedulerId`` when Drift left it out."""
+    return {**data, "contactId": contact_id(data)}
+
+
+def identity(data: Data) -> list[object]:
+    # One booking is one eventId; a reschedule changes the slot and scheduledAt.
+    return [data.get("eventId"), contact_id(data), data.get("eventType"), data.get("slotStart"),
+            data.get("scheduledAt")]

@@ -1,0 +1,122 @@
+"""``POST /webhooks/drift``: receive → verify → validate → store, then answer.
+
+Checks run in the order SPEC §4 fixes: size (413), JSON (400), token (401), envelope (400),
+type (200 ignored), data schema (422). ``200 accepted`` is sent only after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from marshmallow import ValidationError
+
+from . import metrics
+from .envelope import Envelope, Rejected, parse_json, read_envelope
+from .routing import current_routing
+from .store import Store, StoreUnavailable
+from .translators import TRANSLATORS, dedupe_key
+from .verification import token_is_valid
+
+blueprint = Blueprint("webhooks", __name__)
+log = logging.getLogger("drift_segment_source.webhooks")
+
+JSON_TYPES = ("application/json",)
+
+
+@blueprint.post("/webhooks/drift")
+def receive() -> tuple[Response, int]:
+    """Answer one Drift webhook."""
+    started = time.perf_counter()
+    event_type = "none"
+    try:
+        body = read_body()
+        document = parse_json(body)
+        check_token(document)
+        envelope = read_envelope(document)
+        event_type = envelope.event_type
+        status, answer, outcome = store_webhook(envelope)
+    except Rejected as rejection:
+        status, answer = rejection.status, rejection.body
+        outcome = str(rejection.body["error"])
+    label = event_type if event_type in TRANSLATORS else metrics.OTHER_TYPE
+    metrics.WEBHOOKS.labels(type=label, outcome=outcome).inc()
+    log.info(
+        "webhook %s",
+        outcome,
+        extra={
+            "outcome": outcome,
+            "type": label,
+            "status": status,
+            "webhook_id": answer.get("id"),
+            "request_id": g.get("request_id"),
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+    return jsonify(answer), status
+
+
+def read_body() -> bytes:
+    """The raw body, refusing oversize bodies before reading them and non-JSON media types."""
+    limit: int = current_app.config["MAX_BODY_BYTES"]
+    if request.content_length is not None and request.content_length > limit:
+        raise Rejected(413, "payload_too_large", f"Body is over {limit} bytes.", limit=limit)
+    # Read one byte past the limit so a chunked body without Content-Length is caught too.
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise Rejected(413, "payload_too_large", f"Body is over {limit} bytes.", limit=limit)
+    media_type = request.mimetype
+    if media_type not in JSON_TYPES and not media_type.endswith("+json"):
+        raise Rejected(400, "unsupported_content_type",
+                       f"Content-Type must be application/json, got {media_type or 'none'!r}.")
+    return body
+
+
+def check_token(document: Any) -> None:
+    """Rejected(401) unless the header or body token is one of the configured tokens."""
+    presented = [request.headers.get("X-Verification-Token")]
+    if isinstance(document, dict):
+        presented.append(document.get("token"))
+    if not token_is_valid(presented, current_app.config["DRIFT_VERIFICATION_TOKEN"]):
+        raise Rejected(401, "unauthorized", "Missing or wrong Drift verification token.")
+
+
+def store_webhook(envelope: Envelope) -> tuple[int, dict[str, Any], str]:
+    """Validate the event's data and store it; (status, JSON answer, metric outcome)."""
+    translator = TRANSLATORS.get(envelope.event_type)
+    if translator is None:
+        return 200, {"status": "ignored", "reason": "event type not relayed"}, "ignored"
+    route = current_routing().route(envelope.org_id)
+    if route.ignore:
+        return 200, {"status": "ignored", "reason": route.ignore}, "org_not_installed"
+    store: Store = current_app.extensions["store"]
+    try:
+        data = translator.validate(envelope.data)
+    except ValidationError as error:
+        quarantine_id = save_to_quarantine(store, envelope, error)
+        raise Rejected(422, "invalid_data", f"data does not match the {envelope.event_type} "
+                       "schema; the payload is quarantined.", fields=error.messages,
+                       quarantineId=quarantine_id) from None
+    key = dedupe_key(envelope.org_id, envelope.event_type, translator.identity(data))
+    try:
+        stored_id = store.accept(envelope.org_id, envelope.event_type, key,
+                                 envelope.without_token(), hold_reason=route.hold)
+    except StoreUnavailable:
+        raise Rejected(503, "store_unavailable",
+                       "The webhook could not be stored; please retry.") from None
+    if stored_id is None:
+        return 200, {"status": "duplicate"}, "duplicate"
+    current_app.extensions["delivery_wakeup"].set()
+    return 200, {"status": "accepted", "id": stored_id}, "accepted"
+
+
+def save_to_quarantine(store: Store, envelope: Envelope, error: ValidationError) -> int:
+    """Keep the payload for a replay after a translator fix; 503 if it cannot be kept."""
+    try:
+        return store.quarantine(envelope.org_id, envelope.event_type, envelope.without_token(),
+                                error.messages)
+    except StoreUnavailable:
+        raise Rejected(503, "store_unavailable",
+                       "The webhook could not be stored; please retry.") from None

@@ -1,0 +1,113 @@
+"""Shared test fixtures: apps on SQLite and on a real PostgreSQL, fixed clocks, fakes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+from flask import Flask
+
+from drift_segment_source import create_app
+
+from .postgres import temporary_server
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures" / "drift"
+TOKEN = "fixture-verification-token"
+WRITE_KEY = "test-write-key-0123456789"
+SEGMENT_HOST = "https://segment.test"
+DRIFT_API_URL = "https://drift.test"
+DRIFT_TOKEN = "drift-access-token-test"
+# The receipt time fixtures assume for events without a time of their own.
+FIXED_RECEIPT = 1714420800.0
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str | None]:
+    with temporary_server() as url:
+        yield url
+
+
+def _postgres_database(server: str | None) -> Iterator[str]:
+    if server is None:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail("REQUIRE_POSTGRES=1 but no PostgreSQL server could be started")
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql, "
+                    "or set TEST_POSTGRES_URL); .ci/run installs it")
+    name = "dss_" + uuid.uuid4().hex[:12]
+    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    url = server.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path,
+                 postgres_server: str | None) -> Iterator[str]:
+    """A fresh, empty database: each test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    else:
+        yield from _postgres_database(postgres_server)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str | None) -> Iterator[str]:
+    """A fresh PostgreSQL database only (tests of Postgres-specific behaviour)."""
+    yield from _postgres_database(postgres_server)
+
+
+AppFactory = Callable[..., Flask]
+
+
+@pytest.fixture
+def make_app(database_url: str) -> Iterator[AppFactory]:
+    """Build apps on this test's database; settings default to a full self-hosted setup."""
+    apps: list[Flask] = []
+
+    def factory(**overrides: Any) -> Flask:
+        settings: dict[str, Any] = {
+            "DATABASE_URL": database_url,
+            "DRIFT_VERIFICATION_TOKEN": TOKEN,
+            "SEGMENT_WRITE_KEY": WRITE_KEY,
+            "SEGMENT_HOST": SEGMENT_HOST,
+            "DRIFT_API_URL": DRIFT_API_URL,
+            "DRIFT_ACCESS_TOKEN": DRIFT_TOKEN,
+            "DELIVERY_BACKOFF_SECONDS": 0.01,
+            "DELIVERY_BACKOFF_MAX_SECONDS": 0.05,
+        }
+        settings.update(overrides)
+        app = create_app(settings)
+        app.extensions["store"].migrate()
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions["store"].engine.dispose()
+
+
+@pytest.fixture
+def fixed_clock() -> Callable[[], float]:
+    """A clock stopped at the fixtures' receipt time."""
+    return lambda: FIXED_RECEIPT
+
+
+def webhook(event_type: str, data: dict[str, Any], org_id: int = 5000883,
+            token: str | None = TOKEN) -> dict[str, Any]:
+    """A Drift webhook body."""
+    body: dict[str, Any] = {"type": event_type, "orgId": org_id, "data": data}
+    if token is not None:
+        body["token"] = token
+    return body

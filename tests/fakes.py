@@ -1,0 +1,111 @@
+"""Loopback fakes of the services the relay talks to: real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeSegment:
+    """A Segment Tracking API that records every batch and fails when told to.
+
+    ``fail_next(n, status)`` fails the next n posts; ``fail_always(status)`` until
+    ``recover()``; ``refuse(message_id)`` answers 400 to any batch holding that message.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, Any]] = []
+        self.auth: list[str] = []
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._fail_remaining = 0
+        self._fail_forever = False
+        self._fail_status = 503
+        self._retry_after: str | None = None
+        self._refused: set[str] = set()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                status, answer = fake._answer(self.path, self.headers, body)
+                payload = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                if status == 429 and fake._retry_after:
+                    self.send_header("Retry-After", fake._retry_after)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeSegment:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _answer(self, path: str, headers: Any, body: bytes) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            self.requests += 1
+            if path != "/v1/batch":
+                return 404, {"code": "not_found", "message": path}
+            if self._fail_forever or self._fail_remaining > 0:
+                self._fail_remaining = max(0, self._fail_remaining - 1)
+                return self._fail_status, {"code": "fake_failure", "message": "told to fail"}
+            document = json.loads(body)
+            ids = {message.get("messageId") for message in document["batch"]}
+            if ids & self._refused:
+                return 400, {"code": "invalid_request", "message": "refused message"}
+            self.batches.append(document)
+            self.auth.append(headers.get("Authorization", ""))
+            return 200, {"success": True}
+
+    def fail_next(self, count: int, status: int = 503, retry_after: str | None = None) -> None:
+        with self._lock:
+            self._fail_remaining, self._fail_status = count, status
+            self._retry_after = retry_after
+
+    def fail_always(self, status: int = 503) -> None:
+        with self._lock:
+            self._fail_forever, self._fail_status = True, status
+
+    def recover(self) -> None:
+        with self._lock:
+            self._fail_forever, self._fail_remaining = False, 0
+
+    def refuse(self, message_id: str) -> None:
+        with self._lock:
+            self._refused.add(message_id)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [message for batch in self.batches for message in batch["batch"]]
+
+    def message_id_counts(self) -> Counter[str]:
+        return Counter(message["messageId"] for message in self.messages)
+
+    def write_keys(self) -> set[str]:
+        keys = set()
+        for header in self.auth:
+            scheme, _, encoded = header.partition(" ")
+            if scheme == "Basic":
+                keys.add(base64.b64decode(encoded).decode().rstrip(":"))
+        return keys
