@@ -13,6 +13,21 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.1.0"
 
-from .app import create_app  # noqa: E402  (needs __version__ defined first)
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """The WSGI app (see ``app.create_app``).
+
+    Imported on call so that ``import drift_segment_source`` stays light: the gunicorn config
+    must set PROMETHEUS_MULTIPROC_DIR before prometheus_client is first imported.
+    """
+    from .app import create_app as factory
+
+    return factory(config)
+
 
 __all__ = ["__version__", "create_app"]

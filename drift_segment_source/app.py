@@ -14,6 +14,8 @@ from . import config, logs
 from .db import default_database_url, make_engine
 from .delivery import Delivery
 from .drift_api import DriftApi
+from .faults import make_store
+from .orgs import AppRouting
 from .routing import NO_DRIFT_TOKEN, SelfHostedRouting
 from .segment_out import make_transport
 from .store import Store
@@ -30,8 +32,6 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     if config.app_mode(settings) and not settings.get("SECRET_KEY"):
         raise config.ConfigError("app mode (DRIFT_CLIENT_ID/SECRET set) requires SECRET_KEY")
     app.config["SECRET_KEY"] = settings.get("SECRET_KEY")
-    # Flask reads MAX_CONTENT_LENGTH too: werkzeug then refuses oversize form posts.
-    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
 
     logs.configure(settings["LOG_LEVEL"])
     logs.REDACTOR.add(config.secret_values(settings))
@@ -40,18 +40,20 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     app.config["DATABASE_URL"] = database_url
     clock = settings.get("CLOCK")
     store = Store(make_engine(database_url), **({"clock": clock} if clock else {}))
-    if settings.get("STORE_FAULT"):
-        from .faults import FaultyStore
-
-        store = FaultyStore(store, settings["STORE_FAULT"])
-    app.extensions["store"] = store
-    app.extensions["routing"] = SelfHostedRouting(settings)
+    app.extensions["store"] = make_store(store, settings["STORE_FAULT"])
+    if config.app_mode(settings):
+        app.extensions["routing"] = AppRouting.from_settings(settings, store)
+    else:
+        app.extensions["routing"] = SelfHostedRouting(settings)
     app.extensions["delivery_wakeup"] = threading.Event()
 
-    from . import health, webhooks
+    from . import health, oauth, pages, webhooks
 
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(health.blueprint)
+    pages.init_app(app)
+    if config.app_mode(settings):
+        oauth.init_app(app)
     register_request_ids(app)
     register_json_errors(app)
 
@@ -79,6 +81,9 @@ def make_delivery(app: Flask) -> Delivery:
     if settings.get("DRIFT_ACCESS_TOKEN"):
         # Rows held for want of a Drift token can go now that there is one.
         store.release_held(NO_DRIFT_TOKEN)
+    if isinstance(delivery.routing, AppRouting):
+        # A webhook that raced an org's write-key save may have been held after the release.
+        delivery.routing.release_ready()
     return delivery
 
 

@@ -8,12 +8,15 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask
 
 from . import __version__, config
+
+if TYPE_CHECKING:  # the CLI imports what a command needs when it runs, to start fast
+    from .orgs import Org, OrgDirectory
 
 
 def load_app() -> Flask:
@@ -42,6 +45,7 @@ def serve() -> None:
     """Run the web service and its delivery loop (gunicorn, binds $PORT)."""
     from gunicorn.app.base import BaseApplication
 
+    # First: it sets PROMETHEUS_MULTIPROC_DIR, which must precede any metric's creation.
     from . import gunicorn_conf
 
     load_app()  # migrate once, before the workers start
@@ -232,7 +236,8 @@ def deadletters_list(limit: int, as_json: bool) -> None:
     if not rows:
         click.echo("no dead letters")
         return
-    click.echo(f"{'id':>8}  {'org':>10}  {'type':<34}  {'tries':>5}  {'received (UTC)':<19}  reason")
+    click.echo(f"{'id':>8}  {'org':>10}  {'type':<34}  {'tries':>5}  "
+               f"{'received (UTC)':<19}  reason")
     for row in rows:
         click.echo(f"{row['id']:>8}  {row['org_id']:>10}  {row['event_type']:<34}  "
                    f"{row['attempts']:>5}  {when(row['received_at']):<19}  {row['last_error']}")
@@ -298,3 +303,91 @@ def quarantine_retry(ids: tuple[int, ...], as_json: bool) -> None:
     else:
         click.echo(f"{outcome['accepted']} accepted, {outcome['duplicate']} already stored, "
                    f"{outcome['still_invalid']} still invalid")
+
+
+# -- installed orgs (app mode) --------------------------------------------------------------
+
+
+def org_directory() -> OrgDirectory:
+    """The directory of installed Drift orgs; only app mode has one."""
+    from .orgs import AppRouting
+
+    routing = load_app().extensions["routing"]
+    if not isinstance(routing, AppRouting):
+        raise click.ClickException("not in app mode: set DRIFT_CLIENT_ID, DRIFT_CLIENT_SECRET "
+                                   "and SECRET_KEY")
+    directory: OrgDirectory = routing.directory
+    return directory
+
+
+def org_facts(org: Org) -> dict[str, Any]:
+    """What an operator may see of an org: whether each secret is set, never its value."""
+    return {
+        "org_id": org.org_id,
+        "status": org.status,
+        "write_key_set": org.has_write_key,
+        "segment_host": org.segment_host,
+        "access_token_set": org.has_access_token,
+        "refresh_token_set": org.has_refresh_token,
+        "token_expires_at": org.token_expires_at,
+        "installed_at": org.installed_at,
+        "updated_at": org.updated_at,
+    }
+
+
+@main.group()
+def orgs() -> None:
+    """Drift organisations that installed the app (app mode)."""
+
+
+@orgs.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def orgs_list(as_json: bool) -> None:
+    """Show every installed org and whether it is ready to deliver."""
+    installed = org_directory().all()
+    if as_json:
+        for org in installed:
+            click.echo(json.dumps(org_facts(org)))
+        return
+    if not installed:
+        click.echo("no org has installed the app")
+        return
+    click.echo(f"{'org':>12}  {'status':<16}  {'write key':<9}  {'token expires (UTC)':<19}  "
+               "segment host")
+    for org in installed:
+        click.echo(f"{org.org_id:>12}  {org.status:<16}  "
+                   f"{'set' if org.has_write_key else 'missing':<9}  "
+                   f"{when(org.token_expires_at):<19}  {org.segment_host or '-'}")
+
+
+@orgs.command("show")
+@click.argument("org_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the org as JSON.")
+def orgs_show(org_id: int, as_json: bool) -> None:
+    """Show one org, and how many of its webhooks are held."""
+    directory = org_directory()
+    org = directory.get(org_id)
+    if org is None:
+        raise click.ClickException(f"org {org_id} has not installed the app")
+    facts = {**org_facts(org), "held_webhooks": directory.held(org_id)}
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    for name, value in facts.items():
+        if name.endswith("_at"):
+            value = when(value)
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        click.echo(f"{name:<18}  {value if value not in (None, {}) else '-'}")
+
+
+@orgs.command("remove")
+@click.argument("org_id", type=int)
+@click.confirmation_option(prompt="Forget this org and its tokens and write key?")
+def orgs_remove(org_id: int) -> None:
+    """Forget an org; its webhooks are ignored until it installs the app again."""
+    directory = org_directory()
+    held = sum(directory.held(org_id).values())
+    if not directory.remove(org_id):
+        raise click.ClickException(f"org {org_id} has not installed the app")
+    click.echo(f"org {org_id} removed; {held} held webhook(s) stay held until it installs again")

@@ -132,9 +132,9 @@ def load_settings(
         except ValueError as error:
             raise ConfigError(f"{setting.name}: {error}") from None
     for name, value in (overrides or {}).items():
-        setting = SETTINGS_BY_NAME.get(name)
-        if setting is not None and isinstance(value, str) and setting.parse is not _text:
-            value = setting.parse(value)
+        declared = SETTINGS_BY_NAME.get(name)
+        if declared is not None and isinstance(value, str) and declared.parse is not _text:
+            value = declared.parse(value)
         values[name] = value
     return values
 

@@ -224,15 +224,15 @@ class Delivery:
                 if error.retryable:
                     outage = error
         for position, prepared in enumerate(rows):
-            error = failed.get(position)
-            if error is None:
+            refusal = failed.get(position)
+            if refusal is None:
                 outcomes.delivered.append(prepared.row.id)
                 metrics.DELIVERY_LATENCY.observe(max(0.0, self.clock() - prepared.row.received_at))
-            elif error.retryable:
-                outcomes.retry.append(Failure(prepared.row.id, str(error)))
-                outcomes.retry_after = max(outcomes.retry_after or 0, error.retry_after or 0)
+            elif refusal.retryable:
+                outcomes.retry.append(Failure(prepared.row.id, str(refusal)))
+                outcomes.retry_after = max(outcomes.retry_after or 0, refusal.retry_after or 0)
             else:
-                outcomes.dead.append(Failure(prepared.row.id, str(error)))
+                outcomes.dead.append(Failure(prepared.row.id, str(refusal)))
 
     def post_isolating(
         self, destination: Destination, messages: list[dict[str, Any]], batch: list[int]
@@ -301,9 +301,9 @@ class Delivery:
         return exhausted, retry
 
     def backoff(self, retry: list[Failure], outcomes: Outcomes) -> float:
-        """Exponential backoff with full jitter, at least any Retry-After, under the ceiling."""
+        """Exponential backoff with jitter under the ceiling; never sooner than Retry-After."""
         attempts = max((outcomes.attempts[failure.id] for failure in retry), default=1)
         base = float(self.settings["DELIVERY_BACKOFF_SECONDS"])
         ceiling = float(self.settings["DELIVERY_BACKOFF_MAX_SECONDS"])
         delay = random.uniform(base / 2, min(ceiling, base * 2 ** (attempts - 1)))
-        return min(ceiling, max(delay, outcomes.retry_after or 0))
+        return max(min(ceiling, delay), outcomes.retry_after or 0)

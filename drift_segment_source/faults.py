@@ -8,13 +8,9 @@ from typing import Any
 from .store import Store, StoreUnavailable
 
 
-class FaultyStore:
-    """A store whose writes from the web side fail (``STORE_FAULT=unavailable``)."""
-
-    def __init__(self, store: Store, fault: str) -> None:
-        if fault != "unavailable":
-            raise ValueError(f"STORE_FAULT must be 'unavailable', got {fault!r}")
-        self._store = store
+class UnavailableStore(Store):
+    """A store whose web-side writes fail as if the database were down
+    (``STORE_FAULT=unavailable``); delivery and operations work as usual."""
 
     def accept(self, *args: Any, **kwargs: Any) -> int | None:
         raise StoreUnavailable("injected fault (STORE_FAULT=unavailable)")
@@ -22,5 +18,11 @@ class FaultyStore:
     def quarantine(self, *args: Any, **kwargs: Any) -> int:
         raise StoreUnavailable("injected fault (STORE_FAULT=unavailable)")
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+
+def make_store(store: Store, fault: str) -> Store:
+    """The store, or a faulty one when ``STORE_FAULT`` names a fault."""
+    if not fault:
+        return store
+    if fault == "unavailable":
+        return UnavailableStore(store.engine, store.clock)
+    raise ValueError(f"STORE_FAULT must be '' or 'unavailable', got {fault!r}")

@@ -63,8 +63,17 @@ def read_body() -> bytes:
     limit: int = current_app.config["MAX_BODY_BYTES"]
     if request.content_length is not None and request.content_length > limit:
         raise Rejected(413, "payload_too_large", f"Body is over {limit} bytes.", limit=limit)
-    # Read one byte past the limit so a chunked body without Content-Length is caught too.
-    body = request.stream.read(limit + 1)
+    # Read up to one byte past the limit so a chunked body without Content-Length is caught
+    # too; a stream read may return less than asked, hence the loop.
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = request.stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    body = b"".join(chunks)
     if len(body) > limit:
         raise Rejected(413, "payload_too_large", f"Body is over {limit} bytes.", limit=limit)
     media_type = request.mimetype

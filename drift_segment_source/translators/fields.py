@@ -95,7 +95,7 @@ class EventTime(Integer):
         return number
 
 
-class IdList(fields.List):
+class IdList(fields.List):  # type: ignore[type-arg]
     """A list of Drift ids (participants, added/removed users)."""
 
     def __init__(self, **kwargs: Any) -> None:

@@ -6,8 +6,6 @@ from ``data.contactId`` when present, else from the Conversation (``GET /convers
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from .base import Conversation, Data, Draft, Translator, pick
 from .fields import DriftId, EventTime, FlattenedSchema, IdList
 
@@ -31,9 +29,12 @@ def participant_translator(event_type: str, list_name: str) -> Translator:
             found["contactId"] = conversation.get("contactId")
         return [Draft("track", found["contactId"], pick(found, properties), data.get("changedAt"))]
 
-    conversation_needed: Callable[[Data], int | str | None] = (
-        lambda data: data["conversationId"] if data.get("contactId") is None else None
-    )
+    def conversation_needed(data: Data) -> int | str | None:
+        if data.get("contactId") is not None:
+            return None
+        conversation_id: int | str = data["conversationId"]
+        return conversation_id
+
     return Translator(
         event_type=event_type,
         schema=schema(),

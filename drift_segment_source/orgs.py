@@ -1,0 +1,361 @@
+"""App mode: the directory of installed Drift orgs, and routing webhooks by ``orgId``.
+
+Each org that installed the app has a row in ``orgs`` with its OAuth tokens and Segment
+write key, encrypted (``secrets_box``). The webhook endpoint only asks whether an org is
+installed and has a write key, which needs no decryption; delivery decrypts, briefly cached.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import TTLCache
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine, Row
+
+from .db import orgs, webhooks
+from .drift_api import Credentials, DriftApiError
+from .logs import REDACTOR
+from .oauth_client import DriftOAuth, OAuthError, TokenGrant
+from .routing import NEEDS_REINSTALL, NO_WRITE_KEY, Destination, Held, Route
+from .secrets_box import SecretBox, SecretUnreadable
+from .store import Store
+
+log = logging.getLogger("drift_segment_source.orgs")
+
+ACTIVE = "active"
+US_HOST = "https://api.segment.io"
+# Access tokens last about two hours; renew a little early so a lookup never races expiry.
+REFRESH_MARGIN_SECONDS = 300
+# How long a process trusts what it read about an org. Short, because another process
+# (the install pages, the CLI) may change it; the write paths here forget at once.
+CACHE_SECONDS = 10
+CACHE_SIZE = 10_000
+# A webhook that read an org's row just before its write key was saved (in another process)
+# may be committed as held after that save released the org's held rows; a process reading
+# the ready row within this window releases again, so no webhook stays held for good.
+SETTLE_SECONDS = 60
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Org:
+    """An installed org as operators see it: never a secret, only whether each is set."""
+
+    org_id: int
+    status: str
+    installed_at: float
+    updated_at: float
+    token_expires_at: float | None
+    has_access_token: bool
+    has_refresh_token: bool
+    has_write_key: bool
+    segment_host: str | None
+
+    @property
+    def ready(self) -> bool:
+        """Its webhooks can be delivered now."""
+        return self.status == ACTIVE and self.has_write_key
+
+
+@dataclass(frozen=True)
+class OrgSecrets:
+    """An org's decrypted credentials, for delivery only."""
+
+    status: str
+    access_token: str | None
+    refresh_token: str | None
+    token_expires_at: float | None
+    write_key: str | None
+    segment_host: str | None
+
+
+class OrgDirectory:
+    """Reads and writes of the ``orgs`` table; secrets are sealed before they are stored."""
+
+    def __init__(self, engine: Engine, box: SecretBox, store: Store,
+                 clock: Clock = time.time) -> None:
+        self.engine = engine
+        self.box = box
+        self.store = store
+        self.clock = clock
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._orgs: TTLCache[int, Org] = TTLCache(CACHE_SIZE, CACHE_SECONDS)
+        self._secrets: TTLCache[int, OrgSecrets] = TTLCache(CACHE_SIZE, CACHE_SECONDS)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, org_id: int, cached: bool = False) -> Org | None:
+        """The org's row without its secrets, or None when it never installed."""
+        if cached and (known := self._orgs.get(org_id)) is not None:
+            return known
+        with self.engine.connect() as connection:
+            row = connection.execute(select(orgs).where(orgs.c.org_id == org_id)).one_or_none()
+        if row is None:
+            return None
+        org = as_org(row)
+        if org.ready:
+            # Only a ready org is cached: a fresh install or write key must count at once.
+            self._orgs[org_id] = org
+            if self.clock() - org.updated_at < SETTLE_SECONDS:
+                self.store.release_held(NO_WRITE_KEY, org_id)
+                self.store.release_held(NEEDS_REINSTALL, org_id)
+        return org
+
+    def all(self) -> list[Org]:
+        """Every installed org, in id order."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(orgs).order_by(orgs.c.org_id)).all()
+        return [as_org(row) for row in rows]
+
+    def secrets(self, org_id: int) -> OrgSecrets | None:
+        """The org's decrypted credentials (SecretUnreadable if SECRET_KEY changed)."""
+        if (known := self._secrets.get(org_id)) is not None:
+            return known
+        with self.engine.connect() as connection:
+            row = connection.execute(select(orgs).where(orgs.c.org_id == org_id)).one_or_none()
+        if row is None:
+            return None
+        found = OrgSecrets(
+            status=row.status,
+            access_token=self._open(row.access_token),
+            refresh_token=self._open(row.refresh_token),
+            token_expires_at=row.token_expires_at,
+            write_key=self._open(row.write_key),
+            segment_host=row.segment_host,
+        )
+        self._secrets[org_id] = found
+        return found
+
+    def held(self, org_id: int) -> dict[str, int]:
+        """How many of the org's webhooks wait, by hold reason."""
+        statement = (
+            select(webhooks.c.hold_reason, func.count())
+            .where(webhooks.c.state == "held", webhooks.c.org_id == org_id)
+            .group_by(webhooks.c.hold_reason)
+        )
+        with self.engine.connect() as connection:
+            return {str(row[0]): int(row[1]) for row in connection.execute(statement)}
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def save_tokens(self, org_id: int, grant: TokenGrant) -> None:
+        """Store an install's (or re-install's) tokens; the org becomes active again."""
+        now = self.clock()
+        values: dict[str, Any] = {
+            "access_token": self._seal(grant.access_token),
+            "token_expires_at": None if grant.expires_in is None else now + grant.expires_in,
+            "status": ACTIVE,
+            "updated_at": now,
+        }
+        if grant.refresh_token:
+            values["refresh_token"] = self._seal(grant.refresh_token)
+        statement = (
+            self._insert(orgs)
+            .values(org_id=org_id, installed_at=now, **values)
+            .on_conflict_do_update(index_elements=["org_id"], set_=values)
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement)
+        self.changed(org_id)
+        # Rows held while the org needed a re-install can go now (or wait for a write key).
+        self.store.release_held(NEEDS_REINSTALL, org_id)
+
+    def save_write_key(self, org_id: int, write_key: str, segment_host: str) -> None:
+        """Store the org's Segment write key and host, and release its held webhooks."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(orgs).where(orgs.c.org_id == org_id).values(
+                    write_key=self._seal(write_key), segment_host=segment_host,
+                    updated_at=self.clock())
+            )
+        self.changed(org_id)
+        self.store.release_held(NO_WRITE_KEY, org_id)
+
+    def renew_tokens(self, org_id: int, stale_access_token: str,
+                     renew: Callable[[str], TokenGrant]) -> str:
+        """A fresh access token: renewed with ``renew`` unless another process just did.
+
+        The row is locked meanwhile (PostgreSQL), so workers that find the token expiring at
+        the same moment renew it once; SQLite runs a single delivery loop and needs no lock.
+        """
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                select(orgs).where(orgs.c.org_id == org_id).with_for_update()
+            ).one_or_none()
+            if row is None:
+                raise LookupError(f"org {org_id} is not installed")
+            current = self._open(row.access_token)
+            if (current and current != stale_access_token
+                    and not self.expiring(row.token_expires_at)):
+                return current
+            refresh_token = self._open(row.refresh_token)
+            if not refresh_token:
+                raise OAuthError(None, "no refresh token stored", refused=True)
+            grant = renew(refresh_token)
+            now = self.clock()
+            connection.execute(
+                update(orgs).where(orgs.c.org_id == org_id).values(
+                    access_token=self._seal(grant.access_token),
+                    # Drift usually rotates the refresh token: keep the newest one.
+                    refresh_token=self._seal(grant.refresh_token or refresh_token),
+                    token_expires_at=None if grant.expires_in is None else now + grant.expires_in,
+                    updated_at=now,
+                )
+            )
+        self.changed(org_id)
+        return grant.access_token
+
+    def mark_needs_reinstall(self, org_id: int) -> None:
+        """Drift refused the org's refresh token: only a re-install can fix it."""
+        with self.engine.begin() as connection:
+            connection.execute(update(orgs).where(orgs.c.org_id == org_id)
+                               .values(status=NEEDS_REINSTALL, updated_at=self.clock()))
+        self.changed(org_id)
+
+    def remove(self, org_id: int) -> bool:
+        """Forget an org and its secrets; False when it was not installed."""
+        with self.engine.begin() as connection:
+            removed = connection.execute(delete(orgs).where(orgs.c.org_id == org_id)).rowcount
+        self.changed(org_id)
+        return bool(removed)
+
+    def changed(self, org_id: int) -> None:
+        """Drop what this process cached about the org."""
+        self._orgs.pop(org_id, None)
+        self._secrets.pop(org_id, None)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def expiring(self, expires_at: float | None) -> bool:
+        """The access token ends within the refresh margin (unknown expiry: never)."""
+        return expires_at is not None and expires_at - self.clock() < REFRESH_MARGIN_SECONDS
+
+    def _seal(self, secret: str) -> bytes:
+        REDACTOR.add([secret])
+        return self.box.seal(secret)
+
+    def _open(self, sealed: bytes | None) -> str | None:
+        if sealed is None:
+            return None
+        secret = self.box.open(sealed)
+        # Another process may have stored it: scrub it from this process's logs too.
+        REDACTOR.add([secret])
+        return secret
+
+
+def as_org(row: Row[Any]) -> Org:
+    """An Org from a row of ``orgs``."""
+    return Org(
+        org_id=int(row.org_id),
+        status=row.status,
+        installed_at=row.installed_at,
+        updated_at=row.updated_at,
+        token_expires_at=row.token_expires_at,
+        has_access_token=row.access_token is not None,
+        has_refresh_token=row.refresh_token is not None,
+        has_write_key=row.write_key is not None,
+        segment_host=row.segment_host,
+    )
+
+
+class AppRouting:
+    """Routing in app mode: each installed org's messages go to its own write key and host."""
+
+    def __init__(self, directory: OrgDirectory, oauth: DriftOAuth) -> None:
+        self.directory = directory
+        self.oauth = oauth
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], store: Store) -> AppRouting:
+        """App-mode routing over ``store``'s database, with the app's OAuth credentials."""
+        clock = settings.get("CLOCK") or time.time
+        directory = OrgDirectory(store.engine, SecretBox(settings["SECRET_KEY"]), store, clock)
+        oauth = DriftOAuth(settings["DRIFT_API_URL"], settings["DRIFT_CLIENT_ID"],
+                           settings["DRIFT_CLIENT_SECRET"], settings["DRIFT_TIMEOUT_SECONDS"])
+        return cls(directory, oauth)
+
+    def release_ready(self) -> int:
+        """Release webhooks still held for want of a write key that is now saved."""
+        return sum(self.directory.store.release_held(NO_WRITE_KEY, org.org_id)
+                   for org in self.directory.all() if org.ready)
+
+    def route(self, org_id: int) -> Route:
+        """Ignore orgs that never installed; hold webhooks of orgs not ready yet."""
+        org = self.directory.get(org_id, cached=True)
+        if org is None:
+            return Route(ignore="org not installed")
+        if org.status == NEEDS_REINSTALL:
+            return Route(hold=NEEDS_REINSTALL)
+        if not org.has_write_key:
+            return Route(hold=NO_WRITE_KEY)
+        return Route()
+
+    def destination(self, org_id: int) -> Destination:
+        """The org's write key and Segment host; Held while it has none or must re-install."""
+        secrets = self._secrets(org_id)
+        if not secrets.write_key:
+            raise Held(NO_WRITE_KEY, "the org has not saved its Segment write key yet")
+        return Destination(secrets.write_key, secrets.segment_host or US_HOST)
+
+    def drift_credentials(self, org_id: int) -> Credentials | None:
+        """The org's access token, renewed first when it is about to expire."""
+        secrets = self._secrets(org_id)
+        token = secrets.access_token
+        if not token:
+            raise Held(NEEDS_REINSTALL, "no Drift token stored; re-install the app in the org")
+        if self.directory.expiring(secrets.token_expires_at):
+            token = self._renew(org_id, token)
+        return Credentials(token, refresh=functools.partial(self._renew, org_id, token))
+
+    def readiness(self) -> dict[str, Any]:
+        """How many orgs are installed, and which must re-install (for ``/readyz``)."""
+        try:
+            installed = self.directory.all()
+        except Exception as error:  # readiness reports, it never fails the probe itself
+            return {"orgs": {"ok": False, "error": type(error).__name__}}
+        return {"orgs": {
+            "ok": True,
+            "installed": len(installed),
+            "awaiting_write_key": sum(1 for org in installed if not org.has_write_key),
+            "needs_reinstall": [org.org_id for org in installed
+                                if org.status == NEEDS_REINSTALL],
+        }}
+
+    def _secrets(self, org_id: int) -> OrgSecrets:
+        try:
+            secrets = self.directory.secrets(org_id)
+        except SecretUnreadable as error:
+            log.error("cannot read the org's stored secrets", extra={"org_id": org_id})
+            raise Held(NEEDS_REINSTALL, str(error)) from None
+        if secrets is None:
+            raise Held(NEEDS_REINSTALL, "the org is not installed (removed?); re-install the app")
+        if secrets.status == NEEDS_REINSTALL:
+            raise Held(NEEDS_REINSTALL, "Drift refused the org's token; re-install the app")
+        return secrets
+
+    def _renew(self, org_id: int, stale_access_token: str) -> str:
+        """Refresh the org's token; a refusal marks the org for re-install and holds its rows."""
+        try:
+            return self.directory.renew_tokens(org_id, stale_access_token, self.oauth.refresh)
+        except LookupError:
+            raise Held(NEEDS_REINSTALL, "the org is not installed (removed?)") from None
+        except SecretUnreadable as error:
+            raise Held(NEEDS_REINSTALL, str(error)) from None
+        except OAuthError as error:
+            if not error.refused:
+                raise DriftApiError(error.status, f"token refresh failed: {error}",
+                                    retryable=True) from None
+            self.directory.mark_needs_reinstall(org_id)
+            log.warning("Drift refused to refresh the org's token: the org must re-install "
+                        "the app", extra={"org_id": org_id, "status": error.status,
+                                          "reason": str(error)})
+            raise Held(NEEDS_REINSTALL, "Drift refused the token refresh; "
+                                        "re-install the app in the org") from None
