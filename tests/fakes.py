@@ -5,9 +5,17 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+class QuietServer(ThreadingHTTPServer):
+    """Clients that vanish mid-request (a killed service) are expected, not errors."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
 
 
 class FakeSegment:
@@ -27,6 +35,7 @@ class FakeSegment:
         self._fail_status = 503
         self._retry_after: str | None = None
         self._refused: set[str] = set()
+        self.delay = 0.0  # seconds to wait before answering a batch (slow Segment)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,6 +44,8 @@ class FakeSegment:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
+                if fake.delay:
+                    time.sleep(fake.delay)
                 status, answer = fake._answer(self.path, self.headers, body)
                 payload = json.dumps(answer).encode()
                 self.send_response(status)
@@ -48,7 +59,7 @@ class FakeSegment:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

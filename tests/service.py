@@ -64,6 +64,7 @@ class Service:
         """SIGKILL the whole process group (gunicorn master and workers): a crash."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+        self._log.close()
 
     def stop(self, timeout: float = 40) -> int:
         """SIGTERM the process (graceful shutdown); its exit status."""
