@@ -91,7 +91,8 @@ SETTINGS: tuple[Setting, ...] = (
             "How long a claim lasts; a crashed worker's rows are retried after it.",
             parse=_number),
     Setting("DELIVERY_MAX_ATTEMPTS", 300,
-            "Attempts before a row is dead-lettered (with the defaults, the age limit comes first).",
+            "Attempts before a row is dead-lettered (with the defaults, the age limit "
+            "comes first).",
             parse=_integer),
     Setting("DELIVERY_MAX_AGE_HOURS", 72.0, "Age after which an undelivered row is dead-lettered.",
             parse=_number),

@@ -53,13 +53,26 @@ class RedactSecrets(logging.Filter):
 REDACTOR = RedactSecrets()
 
 
-def configure(level: str = "INFO", stream: Any = None) -> None:
+class StderrHandler(logging.StreamHandler[Any]):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (test captures,
+    gunicorn's redirections), not the stream that was current at start-up."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure(level: str = "INFO") -> None:
     """Send the service's logs to stderr as JSON lines (idempotent)."""
     root = logging.getLogger("drift_segment_source")
     root.setLevel(level.upper())
     if any(getattr(handler, "_drift_segment_source", False) for handler in root.handlers):
         return
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter("{asctime}{levelname}{name}{message}", style="{",
                                        rename_fields={"levelname": "level", "asctime": "time"}))
     handler.addFilter(REDACTOR)

@@ -78,7 +78,9 @@ class FakeDrift:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.authorize_url = self.url + "/authorize"
         self.settings_url = self.url + "/settings/integrations"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval makes shutdown (every test's teardown) quick.
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                        daemon=True)
 
     def __enter__(self) -> FakeDrift:
         self._thread.start()
