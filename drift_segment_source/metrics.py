@@ -57,9 +57,14 @@ DRIFT_API_CALLS = Counter(
     ["endpoint", "status"],
 )
 
-# The Drift event types known to the service are labelled by name; anything else is
-# "other", so that a sender cannot grow the number of time series without bound.
-OTHER_TYPE = "other"
+
+
+def type_label(event_type: str | None, known: bool) -> str:
+    """The ``type`` label: relayed types by name, anything else ``other`` (so a sender cannot
+    grow the number of time series without bound), ``none`` when no envelope was read."""
+    if event_type is None:
+        return "none"
+    return event_type if known else "other"
 
 
 class BacklogCollector(Collector):

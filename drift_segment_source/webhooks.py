@@ -30,7 +30,7 @@ JSON_TYPES = ("application/json",)
 def receive() -> tuple[Response, int]:
     """Answer one Drift webhook."""
     started = time.perf_counter()
-    event_type = "none"
+    event_type: str | None = None
     try:
         body = read_body()
         document = parse_json(body)
@@ -41,7 +41,7 @@ def receive() -> tuple[Response, int]:
     except Rejected as rejection:
         status, answer = rejection.status, rejection.body
         outcome = str(rejection.body["error"])
-    label = event_type if event_type in TRANSLATORS else metrics.OTHER_TYPE
+    label = metrics.type_label(event_type, known=event_type in TRANSLATORS)
     metrics.WEBHOOKS.labels(type=label, outcome=outcome).inc()
     log.info(
         "webhook %s",

@@ -377,3 +377,36 @@ def test_delivered_rows_are_pruned_after_the_retention_period(app: Flask, clock:
     delivery: Delivery = make_delivery(app)
     delivery.prune_now_and_then()
     assert states(app) == {}
+
+
+def test_network_errors_are_retried(make_app: AppFactory, segment: FakeSegment,
+                                    clock: Clock) -> None:
+    from .service import free_port
+
+    unreachable = make_app(SEGMENT_HOST=f"http://127.0.0.1:{free_port()}", CLOCK=clock)
+    webhook_id = post(unreachable, conversations(1)[0])["id"]
+    make_delivery(unreachable).run_round()
+    assert row(unreachable, webhook_id)["state"] == "pending"
+    assert "network error" in row(unreachable, webhook_id)["last_error"]
+    reachable = make_app(SEGMENT_HOST=segment.url, CLOCK=clock)
+    clock.advance(60)
+    make_delivery(reachable).run_round()
+    assert row(reachable, webhook_id)["state"] == "delivered"
+
+
+def test_failing_transport_is_chosen_by_configuration(make_app: AppFactory,
+                                                      segment: FakeSegment,
+                                                      clock: Clock) -> None:
+    # Fault injection in the Antenna style: the same code, a failing backend.
+    failing = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, SEGMENT_TRANSPORT="failing:503")
+    ids = [post(failing, body)["id"] for body in conversations(3)]
+    delivery = make_delivery(failing)
+    for _ in range(3):
+        delivery.run_round()
+        clock.advance(60)
+    assert segment.requests == 0
+    assert {row(failing, webhook_id)["state"] for webhook_id in ids} == {"pending"}
+    assert "injected failure" in row(failing, ids[0])["last_error"]
+    healthy = make_app(SEGMENT_HOST=segment.url, CLOCK=clock)
+    make_delivery(healthy).run_round()
+    assert states(healthy) == {"delivered": 3}
