@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -36,7 +37,6 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,6 +178,27 @@ def children(pid: int) -> list[int]:
         except OSError:
             continue
     return sorted(set(found))
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time consumed so far by ``pids`` (from /proc/<pid>/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, wall time) from /proc/stat, for deltas."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), \
+        time.monotonic()
 
 
 def free_port() -> int:
@@ -332,6 +353,9 @@ class IngestRun:
     first_refusal: str
     stored: int | None = None
     delivered_during: int | None = None
+    server_cores: float = 0.0  # CPU used by gunicorn (master + workers), in cores
+    wrk_cores: float = 0.0
+    machine_cores: float = 0.0  # the whole machine: also the database, fake, anything else
 
 
 @dataclass
@@ -361,16 +385,29 @@ def run_wrk(url: str, settings: Settings, seconds: int, templates_file: Path, ru
     raise BenchFailure(f"wrk gave no result (exit {done.returncode}):\n{done.stderr[-2000:]}")
 
 
-def count_rows(database_url: str) -> int:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def count_rows(database_url: str, settle: float = 10) -> int:
+    """Rows in ``webhooks`` once requests still in flight have landed (two equal counts)."""
     import sqlalchemy
 
     from drift_segment_source.config import normalise_database_url
 
     engine = sqlalchemy.create_engine(normalise_database_url(database_url))
+    deadline = time.monotonic() + settle
+    previous = -1
     try:
-        with engine.connect() as connection:
-            return int(connection.execute(sqlalchemy.text("SELECT count(*) FROM webhooks"))
-                       .scalar_one())
+        while True:
+            with engine.connect() as connection:
+                count = int(connection.execute(
+                    sqlalchemy.text("SELECT count(*) FROM webhooks")).scalar_one())
+            if count == previous or time.monotonic() > deadline:
+                return count
+            previous = count
+            time.sleep(0.3)
     finally:
         engine.dispose()
 
@@ -456,8 +493,14 @@ class Ingest:
                         self.next_run_id(), folder / "wrk-warmup.txt")
             before = count_rows(database_url) if database_url else None
             delivered_before = fake.stats()["messages"]
+            tree = [process.pid, *children(process.pid)]
+            cpu_before, wrk_before = cpu_seconds(tree), _children_cpu()
+            busy_before, wall_before = machine_busy()
             result = run_wrk(url, self.settings, self.settings.seconds, self.templates_file,
                              self.next_run_id(), folder / "wrk.txt")
+            server_cpu, wrk_cpu = cpu_seconds(tree) - cpu_before, _children_cpu() - wrk_before
+            busy_after, wall_after = machine_busy()
+            machine_cores = (busy_after - busy_before) / (wall_after - wall_before)
             stored = count_rows(database_url) - before if database_url and before is not None \
                 else None
             delivered = fake.stats()["messages"] - delivered_before
@@ -474,10 +517,13 @@ class Ingest:
             + errors["timeout"],
             first_refusal=result["first_refusal"], stored=stored,
             delivered_during=delivered if target.kind == "service" else None,
+            server_cores=server_cpu / seconds, wrk_cores=wrk_cpu / seconds,
+            machine_cores=machine_cores,
         )
         log(f"ingest {target.name} #{repeat}: {run.accepted_per_s:,.0f} accepted/s, "
             f"p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, refused {run.refused}, "
-            f"socket errors {run.socket_errors}"
+            f"socket errors {run.socket_errors}, CPU: server {run.server_cores:.2f} cores, "
+            f"wrk {run.wrk_cores:.2f}, machine {run.machine_cores:.2f} cores"
             + (f", stored {stored}" if stored is not None else ""))
         return run
 
@@ -766,6 +812,7 @@ def machine() -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "memory": memory,
         "kernel": platform.release(),
+        "load": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "wrk": (wrk.stdout + wrk.stderr).splitlines()[0].split(" Copyright")[0],
@@ -792,7 +839,8 @@ def report(settings: Settings, info: dict[str, str], templates: list[workload.Te
              ""]
     lines += [
         f"- Machine: {info['cpu']}, {info['cores']} cores, {info['memory']} RAM, "
-        f"Linux {info['kernel']}; load generator, fake Segment and database on the same cores",
+        f"Linux {info['kernel']}; load generator, fake Segment and database on the same cores"
+        f" (load average at start: {info['load']})",
         f"- Software: Python {info['python']}, SQLite {info['sqlite']}"
         + (f", {info['postgresql']}" if info.get("postgresql") else ", PostgreSQL not run")
         + f", {info['wrk']}",
@@ -818,16 +866,20 @@ def report(settings: Settings, info: dict[str, str], templates: list[workload.Te
                          f"{verdict} |")
         lines += ["", "<details><summary>Every run</summary>", "",
                   "| run | target | requests | accepted/s | p50 ms | p99 ms | not 200 accepted"
-                  " | rows stored | delivered during run |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  " | rows stored | delivered during run | CPU cores: server / wrk / whole "
+                  "machine |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for run in ingest.runs:
             lines.append(f"| {run.repeat} | {run.target} | {run.requests:,} | "
                          f"{run.accepted_per_s:,.0f} | {run.p50_ms:.1f} | {run.p99_ms:.1f} | "
                          f"{run.refused + run.socket_errors} | "
                          f"{'-' if run.stored is None else f'{run.stored:,}'} | "
                          f"{'-' if run.delivered_during is None else f'{run.delivered_during:,}'}"
-                         " |")
-        lines += ["", "</details>", ""]
+                         f" | {run.server_cores:.2f} / {run.wrk_cores:.2f} / "
+                         f"{run.machine_cores:.2f} |")
+        lines += ["", "The whole machine's CPU includes the database server, the fake Segment "
+                  "and anything else running; well above server + wrk means the numbers are "
+                  "disturbed.", "", "</details>", ""]
     if delivery or direct:
         lines += ["## Delivery: stored webhooks → loopback fake Segment", "",
                   "| path | messages | seconds | events/s | steady events/s | batches | "

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import workload  # noqa: E402
 from segment.analytics.request import post  # noqa: E402
 
-import workload  # noqa: E402
 from drift_segment_source.segment_out import MessageBuilder  # noqa: E402
 from drift_segment_source.translators import TRANSLATORS, translate  # noqa: E402
 

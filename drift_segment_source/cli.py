@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -313,20 +312,16 @@ def quarantine_retry(ids: tuple[int, ...], as_json: bool) -> None:
 # -- installed orgs (app mode) --------------------------------------------------------------
 
 
-@contextmanager
-def org_directory() -> Iterator[OrgDirectory]:
-    """The directory of installed Drift orgs (only app mode has one), closed after use."""
+def org_directory() -> OrgDirectory:
+    """The directory of installed Drift orgs; only app mode has one."""
     from .orgs import AppRouting
 
-    app = load_app()
-    routing = app.extensions["routing"]
-    try:
-        if not isinstance(routing, AppRouting):
-            raise click.ClickException("not in app mode: set DRIFT_CLIENT_ID, "
-                                       "DRIFT_CLIENT_SECRET and SECRET_KEY")
-        yield routing.directory
-    finally:
-        app.extensions["store"].engine.dispose()
+    routing = load_app().extensions["routing"]
+    if not isinstance(routing, AppRouting):
+        raise click.ClickException("not in app mode: set DRIFT_CLIENT_ID, DRIFT_CLIENT_SECRET "
+                                   "and SECRET_KEY")
+    directory: OrgDirectory = routing.directory
+    return directory
 
 
 def org_facts(org: Org) -> dict[str, Any]:
@@ -353,8 +348,7 @@ def orgs() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def orgs_list(as_json: bool) -> None:
     """Show every installed org and whether it is ready to deliver."""
-    with org_directory() as directory:
-        installed = directory.all()
+    installed = org_directory().all()
     if as_json:
         for org in installed:
             click.echo(json.dumps(org_facts(org)))
@@ -375,11 +369,11 @@ def orgs_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the org as JSON.")
 def orgs_show(org_id: int, as_json: bool) -> None:
     """Show one org, and how many of its webhooks are held."""
-    with org_directory() as directory:
-        org = directory.get(org_id)
-        if org is None:
-            raise click.ClickException(f"org {org_id} has not installed the app")
-        facts = {**org_facts(org), "held_webhooks": directory.held(org_id)}
+    directory = org_directory()
+    org = directory.get(org_id)
+    if org is None:
+        raise click.ClickException(f"org {org_id} has not installed the app")
+    facts = {**org_facts(org), "held_webhooks": directory.held(org_id)}
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
@@ -396,8 +390,8 @@ def orgs_show(org_id: int, as_json: bool) -> None:
 @click.confirmation_option(prompt="Forget this org and its tokens and write key?")
 def orgs_remove(org_id: int) -> None:
     """Forget an org; its webhooks are ignored until it installs the app again."""
-    with org_directory() as directory:
-        held = sum(directory.held(org_id).values())
-        if not directory.remove(org_id):
-            raise click.ClickException(f"org {org_id} has not installed the app")
+    directory = org_directory()
+    held = sum(directory.held(org_id).values())
+    if not directory.remove(org_id):
+        raise click.ClickException(f"org {org_id} has not installed the app")
     click.echo(f"org {org_id} removed; {held} held webhook(s) stay held until it installs again")

@@ -47,10 +47,8 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=public_url.startswith("https://"),
     )
-    for flow in (blueprint, write_key_blueprint):
-        flow.after_request(no_store)
-        flow.register_error_handler(Exception, error_page)
-        app.register_blueprint(flow)
+    app.register_blueprint(blueprint)
+    app.register_blueprint(write_key_blueprint)
 
 
 def app_routing() -> AppRouting:
@@ -158,3 +156,7 @@ def error_page(error: Exception) -> tuple[str, int]:
     return message_page(500, "Something went wrong",
                         "The error was logged. Nothing secret was shown; please try again.",
                         START_AGAIN)
+
+
+blueprint.after_request(no_store)
+blueprint.register_error_handler(Exception, error_page)

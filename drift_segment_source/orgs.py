@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,13 +90,18 @@ class OrgDirectory:
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._orgs: TTLCache[int, Org] = TTLCache(CACHE_SIZE, CACHE_SECONDS)
         self._secrets: TTLCache[int, OrgSecrets] = TTLCache(CACHE_SIZE, CACHE_SECONDS)
+        # The caches are shared by the web threads (gthread) and are not thread-safe.
+        self._lock = threading.Lock()
 
     # -- reading ----------------------------------------------------------------------------
 
     def get(self, org_id: int, cached: bool = False) -> Org | None:
         """The org's row without its secrets, or None when it never installed."""
-        if cached and (known := self._orgs.get(org_id)) is not None:
-            return known
+        if cached:
+            with self._lock:
+                known = self._orgs.get(org_id)
+            if known is not None:
+                return known
         with self.engine.connect() as connection:
             row = connection.execute(select(orgs).where(orgs.c.org_id == org_id)).one_or_none()
         if row is None:
@@ -103,7 +109,8 @@ class OrgDirectory:
         org = as_org(row)
         if org.ready:
             # Only a ready org is cached: a fresh install or write key must count at once.
-            self._orgs[org_id] = org
+            with self._lock:
+                self._orgs[org_id] = org
             if self.clock() - org.updated_at < SETTLE_SECONDS:
                 self.store.release_held(NO_WRITE_KEY, org_id)
                 self.store.release_held(NEEDS_REINSTALL, org_id)
@@ -117,7 +124,9 @@ class OrgDirectory:
 
     def secrets(self, org_id: int) -> OrgSecrets | None:
         """The org's decrypted credentials (SecretUnreadable if SECRET_KEY changed)."""
-        if (known := self._secrets.get(org_id)) is not None:
+        with self._lock:
+            known = self._secrets.get(org_id)
+        if known is not None:
             return known
         with self.engine.connect() as connection:
             row = connection.execute(select(orgs).where(orgs.c.org_id == org_id)).one_or_none()
@@ -131,7 +140,8 @@ class OrgDirectory:
             write_key=self._open(row.write_key),
             segment_host=row.segment_host,
         )
-        self._secrets[org_id] = found
+        with self._lock:
+            self._secrets[org_id] = found
         return found
 
     def held(self, org_id: int) -> dict[str, int]:
@@ -229,8 +239,9 @@ class OrgDirectory:
 
     def changed(self, org_id: int) -> None:
         """Drop what this process cached about the org."""
-        self._orgs.pop(org_id, None)
-        self._secrets.pop(org_id, None)
+        with self._lock:
+            self._orgs.pop(org_id, None)
+            self._secrets.pop(org_id, None)
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ and :meth:`Store.quarantine`; everything else belongs to delivery and operations
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,56 @@ class Failure:
     reason: str
 
 
+@dataclass
+class _Waiting:
+    """A row handed to GroupCommit, and what became of it."""
+
+    row: dict[str, Any]
+    result: int | None = None
+    error: StoreUnavailable | None = None
+    done: bool = False
+
+
+class GroupCommit:
+    """Commit the rows of concurrent requests together: one fsync for many webhooks.
+
+    Each caller queues its row and waits for the commit lock. Whoever gets the lock commits
+    everything queued so far, its own row and the rows of the callers still waiting, so
+    while one commit is on disk the next batch gathers. Every caller returns only after the
+    commit that holds its row, which keeps "200 only after it is stored".
+    """
+
+    def __init__(self, insert: Callable[[list[dict[str, Any]]], list[int | None]]) -> None:
+        self._insert = insert
+        self._commit_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Waiting] = []
+
+    def submit(self, row: dict[str, Any]) -> int | None:
+        """Store ``row``; its id, or None for a duplicate. Raises StoreUnavailable."""
+        waiting = _Waiting(row)
+        with self._queue_lock:
+            self._queue.append(waiting)
+        with self._commit_lock:
+            if not waiting.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting.result
+
+    def _commit(self, batch: list[_Waiting]) -> None:
+        try:
+            results = self._insert([waiting.row for waiting in batch])
+        except StoreUnavailable as error:
+            for waiting in batch:
+                waiting.error, waiting.done = error, True
+            return
+        for waiting, result in zip(batch, results, strict=True):
+            waiting.result, waiting.done = result, True
+
+
 class Store:
     """Reads and writes of the service's tables, on SQLite or PostgreSQL."""
 
@@ -57,6 +108,7 @@ class Store:
         self.clock = clock
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._group_commit = GroupCommit(self._insert_rows)
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -87,31 +139,47 @@ class Store:
         hold_reason: str | None = None,
         received_at: float | None = None,
     ) -> int | None:
-        """Store a webhook durably; its id, or None when this Drift event is already stored."""
+        """Store a webhook durably; its id, or None when this Drift event is already stored.
+
+        Returns only after the commit. Concurrent calls share one commit (see GroupCommit).
+        """
         now = self.clock()
+        row = {
+            "org_id": org_id,
+            "event_type": event_type,
+            "dedupe_key": dedupe_key,
+            "payload": payload,
+            "received_at": now if received_at is None else received_at,
+            "queued_at": now,
+            "state": "held" if hold_reason else "pending",
+            "hold_reason": hold_reason,
+            "attempts": 0,
+            "next_attempt_at": now,
+        }
+        return self._group_commit.submit(row)
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> list[int | None]:
+        """Insert rows in one transaction; each row's id, or None for a stored duplicate."""
         statement = (
             self._insert(webhooks)
-            .values(
-                org_id=org_id,
-                event_type=event_type,
-                dedupe_key=dedupe_key,
-                payload=payload,
-                received_at=now if received_at is None else received_at,
-                queued_at=now,
-                state="held" if hold_reason else "pending",
-                hold_reason=hold_reason,
-                attempts=0,
-                next_attempt_at=now,
-            )
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(webhooks.c.id)
+            .returning(webhooks.c.dedupe_key, webhooks.c.id)
         )
+        inserted: dict[str, int]
         try:
             with self.engine.begin() as connection:
-                stored_id = connection.execute(statement).scalar()
+                if len(rows) == 1:
+                    result = connection.execute(statement.values(rows[0]))
+                else:
+                    result = connection.execute(statement, rows)
+                inserted = {str(key): int(stored_id) for key, stored_id in result.all()}
         except OperationalError as error:
             raise StoreUnavailable(type(error.orig).__name__) from None
-        return None if stored_id is None else int(stored_id)
+        ids: list[int | None] = []
+        for row in rows:
+            # A key given twice in one batch is stored once: the later copy is a duplicate.
+            ids.append(inserted.pop(row["dedupe_key"], None))
+        return ids
 
     def quarantine(self, org_id: int | None, event_type: str, payload: str, errors: Any) -> int:
         """Keep a payload whose data failed its schema, with the field errors."""

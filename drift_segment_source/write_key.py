@@ -14,9 +14,9 @@ import time
 
 from flask import Blueprint, current_app, redirect, render_template, request, session
 
-from .oauth import START_AGAIN, PageAnswer, app_routing
+from .oauth import START_AGAIN, PageAnswer, app_routing, error_page
 from .orgs import Org
-from .pages import message_page
+from .pages import message_page, no_store
 
 blueprint = Blueprint("write_key", __name__)
 log = logging.getLogger("drift_segment_source.write_key")
@@ -58,8 +58,9 @@ def form() -> PageAnswer:
             "same browser. Install again to continue; your settings are kept.", START_AGAIN)
     if request.method == "GET":
         return render(org)
-    submitted = request.form.get("csrf_token", "")
-    if not hmac.compare_digest(submitted.encode(), str(session.get("csrf", "")).encode()):
+    submitted, expected = request.form.get("csrf_token", ""), session.get("csrf")
+    if not (isinstance(expected, str) and expected
+            and hmac.compare_digest(submitted.encode(), expected.encode())):
         return message_page(
             403, "This form has expired",
             "The form was not sent from the page this service gave you, or the page is too "
@@ -94,3 +95,7 @@ def render(org: Org, errors: dict[str, str] | None = None, region: str | None = 
                  for name, (label, _) in SEGMENT_REGIONS.items()],
         csrf_token=session.get("csrf", ""))
     return page, status
+
+
+blueprint.after_request(no_store)
+blueprint.register_error_handler(Exception, error_page)

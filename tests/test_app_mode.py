@@ -6,9 +6,7 @@ The same flow in a real browser is in ``test_browser_install.py``.
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,15 +70,15 @@ def app_mode(make_app: AppFactory, drift: FakeDrift, segment: FakeSegment
 
 
 @pytest.fixture
-def service_log() -> Iterator[io.StringIO]:
-    """Everything the service logs (its own JSON handler, redaction included)."""
-    handler = next(handler for handler in logging.getLogger("drift_segment_source").handlers
-                   if getattr(handler, "_drift_segment_source", False))
-    assert isinstance(handler, logging.StreamHandler)
-    buffer = io.StringIO()
-    previous = handler.setStream(buffer)
-    yield buffer
-    handler.setStream(previous)
+def service_log(capsys: pytest.CaptureFixture[str]) -> Callable[[], str]:
+    """Everything the service logged so far (its JSON lines on stderr, redaction included)."""
+    logged: list[str] = []
+
+    def read() -> str:
+        logged.append(capsys.readouterr().err)
+        return "".join(logged)
+
+    return read
 
 
 def post_webhook(app: Flask, body: dict[str, Any]) -> dict[str, Any]:
@@ -289,6 +287,22 @@ def test_drift_unreachable_during_exchange_is_a_502_page(app_mode: Callable[...,
     assert "could not be reached" in answer.get_data(as_text=True)
 
 
+def test_unexpected_error_on_an_install_page_is_a_page_not_a_trace(
+        app_mode: Callable[..., Flask], drift: FakeDrift, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = app_mode()
+    client = app.test_client()
+
+    def database_down(*args: Any) -> None:
+        raise RuntimeError("database is down")
+
+    monkeypatch.setattr(app.extensions["routing"].directory, "save_tokens", database_down)
+    answer = client.get(authorise(client, drift, ORG_A))
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 500 and answer.mimetype == "text/html"
+    assert "Something went wrong" in page
+    assert "database is down" not in page and "Traceback" not in page
+
+
 def test_write_key_page_without_session_is_refused(app_mode: Callable[..., Flask]) -> None:
     client = app_mode().test_client()
     for answer in (client.get("/setup"),
@@ -399,7 +413,7 @@ def test_token_is_refreshed_once_on_a_401(
 
 def test_failed_refresh_marks_the_org_for_reinstall_and_others_still_deliver(
         app_mode: Callable[..., Flask], drift: FakeDrift, segment: FakeSegment,
-        service_log: io.StringIO) -> None:
+        service_log: Callable[[], str]) -> None:
     app = app_mode()
     install(app.test_client(), drift, ORG_A, WRITE_KEY_A)
     install(app.test_client(), drift, ORG_B, WRITE_KEY_B)
@@ -417,15 +431,15 @@ def test_failed_refresh_marks_the_org_for_reinstall_and_others_still_deliver(
     assert ready.status_code == 200
     assert ready.get_json()["checks"]["orgs"] == {
         "ok": True, "installed": 2, "awaiting_write_key": 0, "needs_reinstall": [ORG_A]}
-    warning = [json.loads(line) for line in service_log.getvalue().splitlines()
+    warning = [json.loads(line) for line in service_log().splitlines()
                if "must re-install" in line]
     assert warning and warning[0]["org_id"] == ORG_A and warning[0]["level"] == "WARNING"
     # New webhooks wait too; re-installing the app releases them all.
     post_webhook(app, webhook_file("new_conversation", "seed_example", ORG_A))
     install(app.test_client(), drift, ORG_A, WRITE_KEY_A)
     assert deliver(app) == 2
-    assert sorted(events_by_write_key(segment)[WRITE_KEY_A]) == [NEW_CONVERSATION,
-                                                                  PARTICIPANT_ADDED]
+    assert sorted(events_by_write_key(segment)[WRITE_KEY_A]) == [PARTICIPANT_ADDED,
+                                                                  NEW_CONVERSATION]
     assert app.test_client().get("/readyz").get_json()["checks"]["orgs"]["needs_reinstall"] == []
 
 
@@ -434,7 +448,7 @@ def test_failed_refresh_marks_the_org_for_reinstall_and_others_still_deliver(
 
 def test_secrets_are_encrypted_in_the_database_and_absent_from_logs(
         app_mode: Callable[..., Flask], drift: FakeDrift, segment: FakeSegment,
-        database_url: str, service_log: io.StringIO) -> None:
+        database_url: str, service_log: Callable[[], str]) -> None:
     app = app_mode(LOG_LEVEL="DEBUG")
     install(app.test_client(), drift, ORG_A, WRITE_KEY_A)
     drift.revoke_access(ORG_A)  # a refresh stores (and may log about) more secrets
@@ -453,7 +467,7 @@ def test_secrets_are_encrypted_in_the_database_and_absent_from_logs(
         on_disk = b"".join(file.read_bytes() for file in path.parent.glob(path.name + "*"))
         assert b"drift-at-" not in on_disk and b"drift-rt-" not in on_disk
         assert not any(secret.encode() in on_disk for secret in secrets)
-    logged = service_log.getvalue()
+    logged = service_log()
     assert "org authorised the app" in logged and "org saved its Segment write key" in logged
     assert not any(secret in logged for secret in secrets)
 

@@ -265,3 +265,22 @@ def test_big_ids_survive_storage_exactly(app: Flask, client: FlaskClient) -> Non
     with app.extensions["store"].engine.connect() as connection:
         payload = connection.exec_driver_sql("SELECT payload FROM webhooks").scalar_one()
     assert json.loads(payload)["data"] == {"id": big, "contactId": big - 1}
+
+
+def test_concurrent_webhooks_share_commits_and_each_gets_its_own_answer(
+        app: Flask) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [webhook("new_conversation", {"id": n, "contactId": 1}) for n in range(60)]
+    bodies += bodies[:10]  # redeliveries racing their originals
+
+    def send(body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = post(app.test_client(), body).get_json()
+        return result
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(send, bodies))
+    accepted = [answer["id"] for answer in answers if answer["status"] == "accepted"]
+    assert len(accepted) == 60 == len(set(accepted))
+    assert sum(answer["status"] == "duplicate" for answer in answers) == 10
+    assert stored(app) == {("new_conversation", "pending"): 60}
