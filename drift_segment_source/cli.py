@@ -212,6 +212,84 @@ def replay(paths: tuple[str, ...], url: str, token: str | None) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--since", "since", type=click.DateTime(), required=True,
+              help="Start of the window (UTC), e.g. 2026-11-01.")
+@click.option("--until", "until", type=click.DateTime(), default=None,
+              help="End of the window (UTC); default now.")
+@click.option("--org-id", type=int, required=True, help="The Drift organisation to backfill.")
+def backfill(since: datetime, until: datetime | None, org_id: int) -> None:
+    """Store the events Drift's conversations and meetings imply (same messageIds as live)."""
+    from .backfill import implied_webhooks, store_webhooks
+    from .drift_api import DriftApi, DriftApiError
+
+    app = load_app()
+    settings = app.config
+    credentials = app.extensions["routing"].drift_credentials(org_id)
+    if credentials is None:
+        raise click.ClickException("backfill reads the Drift API: set DRIFT_ACCESS_TOKEN")
+    since_ms = int(since.replace(tzinfo=UTC).timestamp() * 1000)
+    until_ms = int((until or datetime.now(UTC)).replace(tzinfo=UTC).timestamp() * 1000)
+    drift_api = DriftApi(settings["DRIFT_API_URL"], settings["DRIFT_TIMEOUT_SECONDS"])
+    webhooks = implied_webhooks(drift_api, credentials, org_id, since_ms, until_ms)
+    try:
+        with click.progressbar(length=0, label="backfilling", show_pos=True) as bar:
+            outcomes = store_webhooks(app.extensions["store"], app.extensions["routing"],
+                                      webhooks, on_each=lambda outcome: bar.update(1))
+    except DriftApiError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(json.dumps(dict(outcomes), sort_keys=True))
+
+
+@main.command()
+def doctor() -> None:
+    """Check the store, the Drift token and the Segment write key against the real services."""
+    import requests
+
+    from .segment_out import HttpTransport, SegmentError
+
+    app = load_app()
+    settings = app.config
+    problems = 0
+
+    def report(ok: bool, what: str, detail: str) -> None:
+        nonlocal problems
+        problems += 0 if ok else 1
+        click.echo(f"{'ok  ' if ok else 'FAIL'}  {what}: {detail}")
+
+    for missing in config.missing(settings):
+        report(False, "config", missing)
+    count, oldest = app.extensions["store"].backlog()
+    report(True, "store", f"reachable, schema current, {count} waiting for delivery")
+    token = settings.get("DRIFT_ACCESS_TOKEN")
+    if token:
+        try:
+            answer = requests.get(settings["DRIFT_API_URL"].rstrip("/") + "/conversations/list",
+                                  params={"limit": 1}, timeout=settings["DRIFT_TIMEOUT_SECONDS"],
+                                  headers={"Authorization": f"Bearer {token}"})
+            explained = {401: "token refused", 403: "token lacks conversation_read"}
+            report(answer.ok, "Drift API token", explained.get(
+                answer.status_code, f"GET /conversations/list answered {answer.status_code}"))
+        except requests.RequestException as error:
+            report(False, "Drift API token", f"no answer from Drift: {type(error).__name__}")
+    else:
+        click.echo("skip  Drift API token: DRIFT_ACCESS_TOKEN unset (lookup events are held)")
+    write_key = settings.get("SEGMENT_WRITE_KEY")
+    if write_key:
+        try:
+            # An empty batch creates no event; Segment accepts it for any well-formed key,
+            # so this proves the host and the network path, and catches refused keys.
+            HttpTransport(settings["SEGMENT_TIMEOUT_SECONDS"]).post(
+                write_key, settings["SEGMENT_HOST"], [])
+            report(True, "Segment", f"{settings['SEGMENT_HOST']} accepted an empty batch")
+        except SegmentError as error:
+            report(False, "Segment", str(error))
+    else:
+        click.echo("skip  Segment: SEGMENT_WRITE_KEY unset (dry-run)")
+    if problems:
+        sys.exit(1)
+
+
 # -- dead letters and quarantine ------------------------------------------------------------
 
 

@@ -7,9 +7,10 @@ affected rows (with backoff) so one slow lookup never stalls the others.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 from cachetools import TTLCache
@@ -93,6 +94,30 @@ class DriftApi:
         with self._lock:
             self._cache[key] = conversation
         return conversation
+
+    def conversations_since(self, since_ms: int, credentials: Credentials
+                            ) -> Iterator[dict[str, Any]]:
+        """Conversations created at or after ``since_ms``, newest first, page by page."""
+        cursor: str | None = None
+        while True:
+            query = {"limit": 50, **({"next": cursor} if cursor else {})}
+            body = self._get("/conversations/list?" + urlencode(query), "conversations_list",
+                             credentials)
+            for conversation in body.get("data") or []:
+                if int(conversation.get("createdAt") or 0) < since_ms:
+                    return  # the list is newest first: everything after is older
+                yield conversation
+            cursor = (body.get("pagination") or {}).get("next")
+            if not cursor:
+                return
+
+    def meetings(self, min_start_ms: int, max_start_ms: int, credentials: Credentials
+                 ) -> list[dict[str, Any]]:
+        """Meetings of the org starting in the window (Drift keeps about 30 days)."""
+        query = urlencode({"min_start_time": min_start_ms, "max_start_time": max_start_ms})
+        body = self._get(f"/users/meetings/org?{query}", "meetings", credentials)
+        found: list[dict[str, Any]] = body.get("data") or []
+        return found
 
     def _get(self, path: str, endpoint: str, credentials: Credentials) -> Any:
         token = credentials.access_token

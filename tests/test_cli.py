@@ -136,3 +136,25 @@ def test_replay_posts_fixture_payloads_to_a_running_service(tmp_path: Path) -> N
         assert json.loads(output.splitlines()[-1]) == {"duplicate": 3}
     finally:
         service.stop()
+
+
+def test_doctor_checks_drift_token_and_segment_key(env: str, make_app: AppFactory,
+                                                    segment: FakeSegment,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import responses
+
+    make_app()
+    monkeypatch.setenv("DRIFT_ACCESS_TOKEN", "drift-token-for-doctor")
+    monkeypatch.setenv("DRIFT_API_URL", "https://drift.test")
+    with responses.RequestsMock(passthru_prefixes=(segment.url,)) as drift:
+        drift.get("https://drift.test/conversations/list", json={"data": []})
+        code, output = run("doctor")
+    assert code == 0, output
+    assert "ok    Drift API token" in output and "ok    Segment" in output
+    assert len(segment.batches) == 1 and segment.batches[0]["batch"] == []
+    segment.fail_next(1, status=401)
+    with responses.RequestsMock(passthru_prefixes=(segment.url,)) as drift:
+        drift.get("https://drift.test/conversations/list", status=403)
+        code, output = run("doctor")
+    assert code == 1
+    assert "token lacks conversation_read" in output and "FAIL  Segment: Segment 401" in output
