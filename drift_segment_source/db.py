@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    literal_column,
     text,
 )
 from sqlalchemy.engine import Engine
@@ -58,15 +59,26 @@ webhooks = Table(
     Column("last_error", Text),
     Column("finished_at", Float),
 )
+# "state = 'pending'" with the literal inlined, never as a bound parameter: SQLite (and a
+# PostgreSQL generic plan) can only use the partial index below when the query's condition
+# visibly matches the index's. With a parameter, every claim scanned the whole table.
+IS_PENDING = webhooks.c.state == literal_column("'pending'")
+
 # The delivery loop's question, "what is due?", answered from a small partial index.
 Index(
     "webhooks_due",
     webhooks.c.next_attempt_at,
     webhooks.c.id,
-    sqlite_where=webhooks.c.state == "pending",
-    postgresql_where=webhooks.c.state == "pending",
+    sqlite_where=IS_PENDING,
+    postgresql_where=IS_PENDING,
 )
-Index("webhooks_state_finished", webhooks.c.state, webhooks.c.finished_at)
+# Retention pruning: finished rows by age.
+IS_FINISHED = webhooks.c.state.in_([literal_column("'delivered'"), literal_column("'dry_run'")])
+Index("webhooks_finished", webhooks.c.finished_at, sqlite_where=IS_FINISHED,
+      postgresql_where=IS_FINISHED)
+# Dead letters, newest first, without reading past millions of delivered rows.
+IS_DEAD = webhooks.c.state == literal_column("'dead'")
+Index("webhooks_dead", webhooks.c.id, sqlite_where=IS_DEAD, postgresql_where=IS_DEAD)
 
 # Payloads of a known type whose data failed its schema (422): kept for a translator fix.
 quarantine = Table(

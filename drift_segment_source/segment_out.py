@@ -86,6 +86,13 @@ def message_size(message: dict[str, Any]) -> int:
 
 def batches(messages: Sequence[dict[str, Any]]) -> Iterator[list[int]]:
     """Split messages into batches under Segment's limits; yields index lists."""
+    # The usual round fits in one batch: one serialisation of the whole list proves it,
+    # instead of one per message.
+    if len(messages) <= MAX_BATCH_MESSAGES and len(
+            json.dumps(messages, cls=DatetimeSerializer).encode()) <= MAX_BATCH_BYTES:
+        if messages:
+            yield list(range(len(messages)))
+        return
     current: list[int] = []
     size = 0
     for index, message in enumerate(messages):

@@ -410,3 +410,18 @@ def test_failing_transport_is_chosen_by_configuration(make_app: AppFactory,
     healthy = make_app(SEGMENT_HOST=segment.url, CLOCK=clock)
     make_delivery(healthy).run_round()
     assert states(healthy) == {"delivered": 3}
+
+
+def test_batches_respect_segment_size_and_count_limits() -> None:
+    from drift_segment_source.segment_out import MAX_BATCH_BYTES, batches
+
+    small = [{"messageId": str(n), "padding": "x" * 100} for n in range(3000)]
+    split = list(batches(small))
+    assert [len(batch) for batch in split] == [2500, 500]
+    large = [{"messageId": str(n), "padding": "x" * 30_000} for n in range(40)]
+    split = list(batches(large))
+    assert sum(len(batch) for batch in split) == 40 and len(split) == 3
+    for batch in split:
+        assert sum(len(json.dumps(large[i])) + 1 for i in batch) <= MAX_BATCH_BYTES
+    assert list(batches([])) == []
+    assert list(batches(small[:5])) == [[0, 1, 2, 3, 4]]

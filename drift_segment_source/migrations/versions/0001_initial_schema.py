@@ -79,22 +79,44 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("webhooks", schema=None) as batch_op:
         batch_op.create_index(
+            "webhooks_dead",
+            ["id"],
+            unique=False,
+            sqlite_where=sa.text("state = 'dead'"),
+            postgresql_where=sa.text("state = 'dead'"),
+        )
+        batch_op.create_index(
             "webhooks_due",
             ["next_attempt_at", "id"],
             unique=False,
             sqlite_where=sa.text("state = 'pending'"),
             postgresql_where=sa.text("state = 'pending'"),
         )
-        batch_op.create_index("webhooks_state_finished", ["state", "finished_at"], unique=False)
+        batch_op.create_index(
+            "webhooks_finished",
+            ["finished_at"],
+            unique=False,
+            sqlite_where=sa.text("state IN ('delivered', 'dry_run')"),
+            postgresql_where=sa.text("state IN ('delivered', 'dry_run')"),
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("webhooks", schema=None) as batch_op:
-        batch_op.drop_index("webhooks_state_finished")
+        batch_op.drop_index(
+            "webhooks_finished",
+            sqlite_where=sa.text("state IN ('delivered', 'dry_run')"),
+            postgresql_where=sa.text("state IN ('delivered', 'dry_run')"),
+        )
         batch_op.drop_index(
             "webhooks_due",
             sqlite_where=sa.text("state = 'pending'"),
             postgresql_where=sa.text("state = 'pending'"),
+        )
+        batch_op.drop_index(
+            "webhooks_dead",
+            sqlite_where=sa.text("state = 'dead'"),
+            postgresql_where=sa.text("state = 'dead'"),
         )
 
     op.drop_table("webhooks")
