@@ -90,6 +90,7 @@ class Settings:
     backlog: int  # BENCH_BACKLOG: webhooks stored for the RSS / no-loss drain
     postgres: str  # BENCH_POSTGRES: auto (when installed), 1 (required) or 0
     phases: set[str]  # BENCH_PHASES: ingest,delivery,backlog
+    variants: set[str]  # BENCH_INGEST_VARIANTS: no-delivery (service with DELIVERY_IN_WEB=false)
     drain_timeout: int  # BENCH_DRAIN_TIMEOUT: seconds a drain may take
     total_timeout: int  # BENCH_TIMEOUT: seconds the whole benchmark may take
     results: Path  # BENCH_RESULTS_DIR
@@ -108,6 +109,7 @@ class Settings:
             backlog=_env_int("BENCH_BACKLOG", 10_000 if quick else 1_000_000),
             postgres=os.environ.get("BENCH_POSTGRES", "auto").strip() or "auto",
             phases=set((os.environ.get("BENCH_PHASES") or "ingest,delivery,backlog").split(",")),
+            variants=set(filter(None, os.environ.get("BENCH_INGEST_VARIANTS", "").split(","))),
             drain_timeout=_env_int("BENCH_DRAIN_TIMEOUT", 1800),
             total_timeout=_env_int("BENCH_TIMEOUT", 900 if quick else 5400),
             results=Path(os.environ.get("BENCH_RESULTS_DIR") or HERE / "results"),
@@ -329,6 +331,14 @@ class Postgres:
         admin.dispose()
         return self.server_url.rsplit("/", 1)[0] + "/" + name
 
+    def pids(self) -> list[int]:
+        """The postmaster and its backends, for their CPU time."""
+        try:
+            postmaster = int(Path(self.data_dir, "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return [postmaster, *children(postmaster)]
+
     def stop(self) -> None:
         subprocess.run(as_postgres_user([f"{self.bin_dir}/pg_ctl", "-D", self.data_dir, "-m",
                                          "fast", "-w", "-t", "30", "stop"]),
@@ -356,6 +366,7 @@ class IngestRun:
     server_cores: float = 0.0  # CPU used by gunicorn (master + workers), in cores
     wrk_cores: float = 0.0
     machine_cores: float = 0.0  # the whole machine: also the database, fake, anything else
+    database_cores: float | None = None  # PostgreSQL's processes (SQLite runs in the server)
 
 
 @dataclass
@@ -365,6 +376,7 @@ class Target:
     name: str
     kind: str  # baseline | service
     database: str | None = None  # sqlite | postgres
+    env: dict[str, str] = field(default_factory=dict)  # settings of a diagnostic variant
 
 
 def run_wrk(url: str, settings: Settings, seconds: int, templates_file: Path, run_id: int,
@@ -422,13 +434,18 @@ class Ingest:
         self.templates_file = templates_file
         self.postgres = postgres
         self.runs: list[IngestRun] = []
-        self.run_counter = 10  # wrk RUN numbers: 2 digits, distinct per wrk invocation
+        self.run_counter = 10  # wrk's RUN argument: distinct per wrk invocation
 
     def targets(self) -> list[Target]:
-        found = [Target("baseline (Flask, return 200)", "baseline"),
-                 Target("service, SQLite", "service", "sqlite")]
+        databases = [("SQLite", "sqlite")]
         if self.postgres is not None:
-            found.append(Target("service, PostgreSQL", "service", "postgres"))
+            databases.append(("PostgreSQL", "postgres"))
+        found = [Target("baseline (Flask, return 200)", "baseline")]
+        found += [Target(f"service, {name}", "service", database) for name, database in databases]
+        if "no-delivery" in self.settings.variants:
+            # Diagnostic: what the in-web delivery thread costs the web workers.
+            found += [Target(f"service, {name}, DELIVERY_IN_WEB=false", "service", database,
+                             {"DELIVERY_IN_WEB": "false"}) for name, database in databases]
         return found
 
     def run_all(self, fake: FakeSegmentProcess) -> None:
@@ -438,8 +455,8 @@ class Ingest:
 
     def next_run_id(self) -> int:
         self.run_counter += 1
-        if self.run_counter > 99:
-            raise BenchFailure("too many wrk runs for 2-digit run ids")
+        if self.run_counter > 9999:  # webhooks.lua keeps ids under 2**53 up to here
+            raise BenchFailure("too many wrk runs for webhooks.lua's ids")
         return self.run_counter
 
     def start(self, target: Target, folder: Path, fake: FakeSegmentProcess
@@ -464,14 +481,15 @@ class Ingest:
             env = service_env(dict(os.environ), PORT=str(port),
                               PROMETHEUS_MULTIPROC_DIR=str(prometheus),
                               DATABASE_URL=database_url, DRIFT_VERIFICATION_TOKEN=TOKEN,
-                              SEGMENT_WRITE_KEY=WRITE_KEY, SEGMENT_HOST=fake.url)
+                              SEGMENT_WRITE_KEY=WRITE_KEY, SEGMENT_HOST=fake.url, **target.env)
             argv = [console_script("drift-segment-source"), "serve"]
         process = Process(target.name, argv, env, folder / "server.log", cwd=folder)
         self.url = f"http://127.0.0.1:{port}"
         wait_until_ready(process, self.url + "/healthz")
         # Both workers must have the app loaded before the clock starts.
         deadline = time.monotonic() + 30
-        while len(children(process.pid)) < self._workers() and time.monotonic() < deadline:
+        workers = int(target.env.get("WEB_CONCURRENCY") or self._workers())
+        while len(children(process.pid)) < workers and time.monotonic() < deadline:
             time.sleep(0.1)
         return process, database_url
 
@@ -483,7 +501,7 @@ class Ingest:
 
     def run_one(self, target: Target, repeat: int, fake: FakeSegmentProcess) -> IngestRun:
         slug = re.sub(r"[^a-z]+", "_", target.name.lower()).strip("_")[:20]
-        folder = self.work / f"ingest_{repeat}_{slug}"
+        folder = self.work / f"ingest_{repeat}_{self.run_counter}_{slug}"
         folder.mkdir()
         process, database_url = self.start(target, folder, fake)
         try:
@@ -494,11 +512,15 @@ class Ingest:
             before = count_rows(database_url) if database_url else None
             delivered_before = fake.stats()["messages"]
             tree = [process.pid, *children(process.pid)]
+            database_tree = self.postgres.pids() if target.database == "postgres" \
+                and self.postgres else []
             cpu_before, wrk_before = cpu_seconds(tree), _children_cpu()
+            database_before = cpu_seconds(database_tree)
             busy_before, wall_before = machine_busy()
             result = run_wrk(url, self.settings, self.settings.seconds, self.templates_file,
                              self.next_run_id(), folder / "wrk.txt")
             server_cpu, wrk_cpu = cpu_seconds(tree) - cpu_before, _children_cpu() - wrk_before
+            database_cpu = cpu_seconds(database_tree) - database_before
             busy_after, wall_after = machine_busy()
             machine_cores = (busy_after - busy_before) / (wall_after - wall_before)
             stored = count_rows(database_url) - before if database_url and before is not None \
@@ -519,11 +541,14 @@ class Ingest:
             delivered_during=delivered if target.kind == "service" else None,
             server_cores=server_cpu / seconds, wrk_cores=wrk_cpu / seconds,
             machine_cores=machine_cores,
+            database_cores=database_cpu / seconds if database_tree else None,
         )
         log(f"ingest {target.name} #{repeat}: {run.accepted_per_s:,.0f} accepted/s, "
             f"p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, refused {run.refused}, "
             f"socket errors {run.socket_errors}, CPU: server {run.server_cores:.2f} cores, "
-            f"wrk {run.wrk_cores:.2f}, machine {run.machine_cores:.2f} cores"
+            f"wrk {run.wrk_cores:.2f}, "
+            + (f"PostgreSQL {run.database_cores:.2f}, " if run.database_cores is not None else "")
+            + f"machine {run.machine_cores:.2f} cores"
             + (f", stored {stored}" if stored is not None else ""))
         return run
 
@@ -585,6 +610,12 @@ def _seed_chunk(span: tuple[int, int]) -> tuple[list[tuple[str, int, str, str]],
     return rows, ids
 
 
+def _pool_worker_signals() -> None:
+    # Pool workers inherit the benchmark's handlers; they should just end when told to.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def seed(database_url: str, count: int, templates: list[workload.Template],
          first_id: int) -> set[str]:
     """Store ``count`` distinct webhooks as ``Store.accept`` would (same columns and values),
@@ -603,7 +634,7 @@ def seed(database_url: str, count: int, templates: list[workload.Template],
              for start in range(first_id, first_id + count, chunk)]
     started = time.monotonic()
     context = multiprocessing.get_context("fork")
-    with context.Pool(max(1, os.cpu_count() or 1)) as pool:
+    with context.Pool(max(1, os.cpu_count() or 1), initializer=_pool_worker_signals) as pool:
         for rows, ids in pool.imap(_seed_chunk, spans):
             now = time.time()
             with engine.begin() as connection:
@@ -614,6 +645,8 @@ def seed(database_url: str, count: int, templates: list[workload.Template],
                      "next_attempt_at": now}
                     for event_type, org_id, key, payload in rows])
             expected.update(ids)
+        pool.close()
+        pool.join()
     engine.dispose()
     log(f"stored {count:,} webhooks in {time.monotonic() - started:.1f}s")
     return expected
@@ -813,12 +846,28 @@ def machine() -> dict[str, str]:
         "memory": memory,
         "kernel": platform.release(),
         "load": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "code": code_version(),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "wrk": (wrk.stdout + wrk.stderr).splitlines()[0].split(" Copyright")[0],
         "gunicorn": (f"{gunicorn_conf.worker_class}, {gunicorn_conf.workers} workers x "
                      f"{gunicorn_conf.threads} threads, keepalive {gunicorn_conf.keepalive}s"),
     }
+
+
+def code_version() -> str:
+    """The commit measured, and whether the package differs from it (others edit it too)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "drift_segment_source",
+                                        "gunicorn.conf.py").splitlines()]
+    return commit + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
 def _met(ok: bool) -> str:
@@ -844,6 +893,7 @@ def report(settings: Settings, info: dict[str, str], templates: list[workload.Te
         f"- Software: Python {info['python']}, SQLite {info['sqlite']}"
         + (f", {info['postgresql']}" if info.get("postgresql") else ", PostgreSQL not run")
         + f", {info['wrk']}",
+        f"- Code: {info['code']}",
         f"- gunicorn (service and baseline): {info['gunicorn']}",
         f"- Workload: {len(templates)} webhook bodies from `fixtures/drift` covering all "
         f"{len({t.event_type for t in templates})} event types, every request a distinct "
@@ -866,8 +916,8 @@ def report(settings: Settings, info: dict[str, str], templates: list[workload.Te
                          f"{verdict} |")
         lines += ["", "<details><summary>Every run</summary>", "",
                   "| run | target | requests | accepted/s | p50 ms | p99 ms | not 200 accepted"
-                  " | rows stored | delivered during run | CPU cores: server / wrk / whole "
-                  "machine |",
+                  " | rows stored | delivered during run | CPU cores: server / wrk / "
+                  "PostgreSQL / whole machine |",
                   "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for run in ingest.runs:
             lines.append(f"| {run.repeat} | {run.target} | {run.requests:,} | "
@@ -876,7 +926,8 @@ def report(settings: Settings, info: dict[str, str], templates: list[workload.Te
                          f"{'-' if run.stored is None else f'{run.stored:,}'} | "
                          f"{'-' if run.delivered_during is None else f'{run.delivered_during:,}'}"
                          f" | {run.server_cores:.2f} / {run.wrk_cores:.2f} / "
-                         f"{run.machine_cores:.2f} |")
+                         + ("-" if run.database_cores is None else f"{run.database_cores:.2f}")
+                         + f" / {run.machine_cores:.2f} |")
         lines += ["", "The whole machine's CPU includes the database server, the fake Segment "
                   "and anything else running; well above server + wrk means the numbers are "
                   "disturbed.", "", "</details>", ""]
@@ -1028,12 +1079,16 @@ def main() -> int:
         stop_everything()
         if postgres is not None:
             postgres.stop()
+    finished_code = code_version()
+    if finished_code != info["code"]:
+        info["code"] += f" (**changed during the run**, at the end: {finished_code})"
     text = report(settings, info, templates if "templates" in locals() else [], ingest,
                   delivery, direct, backlog, failures, started)
     settings.results.mkdir(parents=True, exist_ok=True)
     name = f"{started:%Y-%m-%d-%H%M}-{info['host']}{'-quick' if settings.quick else ''}.md"
     (settings.results / name).write_text(text)
-    (settings.results / "latest.md").write_text(text)
+    if not settings.quick:  # latest.md is the reference table: never a smoke test
+        (settings.results / "latest.md").write_text(text)
     raw = {"settings": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path)
                             else v) for k, v in vars(settings).items()},
            "machine": info,

@@ -9,7 +9,9 @@ Raw collapsed stacks and a summary (per-thread split, top self time, inclusive t
 service's steps) go to ``bench/results/profiles/<stamp>/``; the summary is printed.
 
 Settings: BENCH_PROFILE_SECONDS (20), BENCH_PROFILE_RATE (100 Hz), BENCH_PROFILE_DB
-(sqlite | postgres), BENCH_PROFILE_N (webhooks stored for the delivery profile, 250000).
+(sqlite | postgres), BENCH_PROFILE_N (webhooks stored for the delivery profile, 250000),
+BENCH_PROFILE_MODES (wall,gil; also cpu: py-spy's default, threads on a CPU or runnable),
+BENCH_PROFILE_ENV (service settings for the ingest profile, e.g. DELIVERY_IN_WEB=false).
 Arguments: ``ingest`` and/or ``delivery`` (default both).
 """
 
@@ -125,9 +127,10 @@ def role(thread: str, frames: list[str]) -> str:
         return "gunicorn control socket"
     if "_worker (concurrent/futures/thread.py" in text:
         return "request pool, idle"
-    if "MainThread" in thread:
-        return "main (gunicorn accept loop / CLI)"
-    return "other"
+    if "gunicorn/" in text:
+        return "gunicorn main loop (accept, keep-alive poll)"
+    # A sample can come back torn (a partial stack): counted, not attributed.
+    return "unattributed (torn stack)"
 
 
 def summarise(paths: list[Path], title: str, top: int = 25) -> str:
@@ -180,6 +183,11 @@ def summarise(paths: list[Path], title: str, top: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
+def modes() -> list[str]:
+    """The py-spy modes to record, from BENCH_PROFILE_MODES."""
+    return (os.environ.get("BENCH_PROFILE_MODES") or "wall,gil").split(",")
+
+
 def record(pids: list[int], seconds: int, mode: str, folder: Path, prefix: str) -> list[Path]:
     """py-spy record every pid at once for ``seconds``; the raw output files."""
     rate = os.environ.get("BENCH_PROFILE_RATE", "100")
@@ -188,7 +196,7 @@ def record(pids: list[int], seconds: int, mode: str, folder: Path, prefix: str) 
     for pid in pids:
         output = folder / f"{prefix}-{mode}-{pid}.txt"
         argv = [console_script("py-spy"), "record", "-p", str(pid), "-d", str(seconds), "-r",
-                rate, "--threads", "-f", "raw", "-o", str(output), "--nonblocking", *flags]
+                rate, "--threads", "-f", "raw", "-o", str(output), *flags]
         running.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True))
         outputs.append(output)
@@ -213,13 +221,16 @@ def profile_ingest(settings: Settings, work: Path, out: Path, seconds: int,
     database = "postgres" if postgres else "sqlite"
     folder = work / "ingest"
     folder.mkdir()
-    process, _ = ingest.start(Target(f"service, {database}", "service", database), folder, fake)
+    env = dict(item.split("=", 1) for item in os.environ.get("BENCH_PROFILE_ENV", "").split()
+               if "=" in item)
+    process, _ = ingest.start(Target(f"service, {database}", "service", database, env), folder,
+                              fake)
     sections = []
     try:
         url = ingest.url + "/webhooks/drift"
         run_wrk(url, settings, 3, templates_file, ingest.next_run_id(), folder / "warm.txt")
         workers = children(process.pid)
-        for mode in ("wall", "gil"):
+        for mode in modes():
             load = subprocess.Popen(
                 ["wrk", f"-t{settings.wrk_threads}", f"-c{settings.connections}",
                  f"-d{seconds + 4}s", "--timeout", "10s", "-s", str(bench.HERE / "webhooks.lua"),
@@ -229,7 +240,9 @@ def profile_ingest(settings: Settings, work: Path, out: Path, seconds: int,
             files = record(workers, seconds, mode, out, f"ingest-{database}")
             text, _ = load.communicate(timeout=seconds + 60)
             rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
-            sections.append(summarise(files, f"Ingest, {database}, {mode} "
+            sections.append(summarise(files, f"Ingest, {database}"
+                                      + "".join(f", {k}={v}" for k, v in env.items())
+                                      + f", {mode} "
                                       f"({rate.group(1) if rate else '?'} req/s under py-spy)"))
     finally:
         process.stop()
@@ -257,7 +270,7 @@ def profile_delivery(work: Path, out: Path, seconds: int, postgres: Postgres | N
             if time.monotonic() > deadline or not worker.alive():
                 raise BenchFailure(f"the worker sent nothing:\n{worker.tail()}")
             time.sleep(0.1)
-        for mode in ("wall", "gil"):
+        for mode in modes():
             before = fake.stats()["messages"]
             started = time.monotonic()
             files = record([worker.pid], seconds, mode, out, f"delivery-{database}")
@@ -284,7 +297,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dss-profile-"))
     postgres = None
-    sections = [f"# py-spy profiles, {stamp:%Y-%m-%d %H:%M} UTC", ""]
+    sections = [f"# py-spy profiles, {stamp:%Y-%m-%d %H:%M} UTC, code {bench.code_version()}",
+                ""]
     try:
         if os.environ.get("BENCH_PROFILE_DB") == "postgres":
             bin_dir = bench.postgres_binaries()

@@ -33,7 +33,8 @@ end
 function request()
    counter = counter + 1
    local template = templates[(counter % #templates) + 1]
-   -- At most 13 digits: exact in LuaJIT's doubles and far from any real Drift id.
+   -- RUN (up to 4 digits), thread (2) and counter (9): at most 15 digits, exact in LuaJIT's
+   -- doubles (below 2^53); a fixed width after RUN keeps ids of different runs apart.
    local id = string.format("%d%02d%09d", run, thread_number, counter)
    local body = string.gsub(template, "@ID@", id)
    return wrk.format("POST", "/webhooks/drift", headers, body)
