@@ -31,7 +31,7 @@ def load_app() -> Flask:
     context = click.get_current_context(silent=True)
     if context is not None:
         # Close pooled connections when the command ends, not at interpreter exit.
-        context.call_on_close(app.extensions["store"].engine.dispose)
+        context.call_on_close(app.extensions["store"].close)
     return app
 
 

@@ -86,21 +86,27 @@ class Delivery:
         self.builder = MessageBuilder()
         self.stopping = threading.Event()
         self._last_prune = 0.0
+        self._lease_renewed_at = float("-inf")
 
     # -- the loop ---------------------------------------------------------------------------
 
     def run_forever(self, wakeup: threading.Event | None = None) -> None:
-        """Deliver until :meth:`stop`; on SQLite only while holding the delivery lease."""
+        """Deliver until :meth:`stop`; on SQLite only while holding the delivery lease.
+
+        After a full round the next starts at once (a backlog drains at full speed). After
+        a partial one the loop waits ``DELIVERY_POLL_SECONDS`` so that new webhooks gather
+        into one batch instead of one round each, which under load took half the web
+        workers' CPU. Idle, a new webhook wakes the loop at once.
+        """
         wakeup = wakeup or threading.Event()
         singleton = self.store.engine.dialect.name == "sqlite"
         poll = float(self.settings["DELIVERY_POLL_SECONDS"])
+        batch_size = int(self.settings["DELIVERY_BATCH_SIZE"])
         log.info("delivery loop started", extra={"owner": self.owner, "singleton": singleton})
         try:
             while not self.stopping.is_set():
                 try:
-                    if singleton and not self.store.take_lease(
-                        SQLITE_LEASE, self.owner, float(self.settings["DELIVERY_LEASE_SECONDS"])
-                    ):
+                    if singleton and not self.hold_singleton_lease():
                         self.stopping.wait(poll)
                         continue
                     claimed = self.run_round()
@@ -113,11 +119,24 @@ class Delivery:
                 if claimed == 0:
                     wakeup.wait(poll)
                     wakeup.clear()
+                elif claimed < batch_size:
+                    self.stopping.wait(poll)
         finally:
             released = self.store.release(self.owner)
             if singleton:
                 self.store.drop_lease(SQLITE_LEASE, self.owner)
             log.info("delivery loop stopped", extra={"owner": self.owner, "released": released})
+
+    def hold_singleton_lease(self) -> bool:
+        """Take or keep the SQLite delivery lease, renewing it when half of it has passed."""
+        seconds = float(self.settings["DELIVERY_LEASE_SECONDS"])
+        now = self.clock()
+        if now - self._lease_renewed_at < seconds / 2:
+            return True
+        if not self.store.take_lease(SQLITE_LEASE, self.owner, seconds):
+            return False
+        self._lease_renewed_at = now
+        return True
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and return its other rows."""
@@ -142,6 +161,9 @@ class Delivery:
             return
         self._last_prune = now
         pruned = self.store.prune(now - float(self.settings["RETENTION_DAYS"]) * 86400)
+        # The planner needs fresh statistics of a table that churns this much (PostgreSQL
+        # chose full scans for claims on a never-analysed table).
+        self.store.analyze()
         if pruned:
             log.info("pruned delivered webhooks", extra={"count": pruned})
 
@@ -267,16 +289,16 @@ class Delivery:
 
     def record(self, outcomes: Outcomes) -> None:
         """Write every row's outcome to the store and count it."""
-        store, owner = self.store, self.owner
-        store.mark_delivered(owner, outcomes.delivered)
-        store.mark_dry_run(owner, outcomes.dry_run)
-        for reason, failures in outcomes.held.items():
-            store.hold(owner, [failure.id for failure in failures], reason,
-                       failures[0].reason)
         exhausted, retry = self.split_exhausted(outcomes)
-        store.mark_dead(owner, outcomes.dead + exhausted)
-        if retry:
-            store.reschedule(owner, retry, self.clock() + self.backoff(retry, outcomes))
+        self.store.record(
+            self.owner,
+            delivered=outcomes.delivered,
+            dry_run=outcomes.dry_run,
+            dead=outcomes.dead + exhausted,
+            held=outcomes.held,
+            retry=retry,
+            next_attempt_at=self.clock() + self.backoff(retry, outcomes) if retry else None,
+        )
         counts = {"delivered": len(outcomes.delivered), "dry_run": len(outcomes.dry_run),
                   "dead": len(outcomes.dead) + len(exhausted), "retried": len(retry),
                   "held": sum(len(failures) for failures in outcomes.held.values())}
@@ -286,7 +308,7 @@ class Delivery:
         for failure in outcomes.dead + exhausted:
             log.warning("dead-lettered", extra={"webhook_id": failure.id,
                                                 "reason": failure.reason})
-        log.info("delivery round", extra={"owner": owner, **counts})
+        log.info("delivery round", extra={"owner": self.owner, **counts})
 
     def split_exhausted(self, outcomes: Outcomes) -> tuple[list[Failure], list[Failure]]:
         """Separate rows out of attempts (they go to the dead letters) from the rest."""

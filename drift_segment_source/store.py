@@ -6,11 +6,9 @@ and :meth:`Store.quarantine`; everything else belongs to delivery and operations
 
 from __future__ import annotations
 
-import fcntl
 import json
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +20,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
+from .commits import GroupCommit, WebhookInserter, WriteLock
+from .commits import StoreUnavailable as StoreUnavailable  # raised by Store's methods
 from .db import IS_DEAD, IS_FINISHED, IS_PENDING, leases, quarantine, webhooks
 
 Clock = Callable[[], float]
-
-
-class StoreUnavailable(RuntimeError):
-    """The database cannot be reached or written; the webhook was not stored."""
 
 
 @dataclass(slots=True)
@@ -52,86 +48,12 @@ class Failure:
     reason: str
 
 
-@dataclass
-class _Waiting:
-    """A row handed to GroupCommit, and what became of it."""
-
-    row: dict[str, Any]
-    result: int | None = None
-    error: StoreUnavailable | None = None
-    done: bool = False
-
-
-class GroupCommit:
-    """Commit the rows of concurrent requests together: one fsync for many webhooks.
-
-    Each caller queues its row and waits for the commit lock. Whoever gets the lock commits
-    everything queued so far, its own row and the rows of the callers still waiting, so
-    while one commit is on disk the next batch gathers. Every caller returns only after the
-    commit that holds its row, which keeps "200 only after it is stored".
-    """
-
-    def __init__(self, insert: Callable[[list[dict[str, Any]]], list[int | None]]) -> None:
-        self._insert = insert
-        self._commit_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Waiting] = []
-
-    def submit(self, row: dict[str, Any]) -> int | None:
-        """Store ``row``; its id, or None for a duplicate. Raises StoreUnavailable."""
-        waiting = _Waiting(row)
-        with self._queue_lock:
-            self._queue.append(waiting)
-        with self._commit_lock:
-            if not waiting.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(batch)
-        if waiting.error is not None:
-            raise waiting.error
-        return waiting.result
-
-    def _commit(self, batch: list[_Waiting]) -> None:
-        try:
-            results = self._insert([waiting.row for waiting in batch])
-        except StoreUnavailable as error:
-            for waiting in batch:
-                waiting.error, waiting.done = error, True
-            return
-        for waiting, result in zip(batch, results, strict=True):
-            waiting.result, waiting.done = result, True
-
-
-class WriteLock:
-    """One SQLite writer at a time across threads and processes, by a blocking file lock.
-
-    SQLite lets one writer in and makes the others poll, sleeping up to 100 ms between
-    tries, which under concurrent webhooks turned 2 ms commits into 600 ms waits. A flock
-    queue wakes the next writer as soon as the lock is free. PostgreSQL needs none of this.
-    """
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        # flock does not queue threads of one process that share a descriptor.
-        self._thread_lock = threading.Lock()
-
-    @classmethod
-    def for_engine(cls, engine: Engine) -> WriteLock:
-        """A lock beside the SQLite file, or a no-op lock for other databases."""
-        database = engine.url.database
-        if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-            return cls(None)
-        return cls(database + ".write-lock")
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the lock for the duration of the block."""
-        if self.path is None:
-            yield
-            return
-        with self._thread_lock, open(self.path, "ab") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file is closed
-            yield
+def by_reason(failures: Iterable[Failure]) -> dict[str, list[int]]:
+    """Row ids grouped by their reason (a Segment outage gives every row the same one)."""
+    grouped: dict[str, list[int]] = {}
+    for failure in failures:
+        grouped.setdefault(failure.reason, []).append(failure.id)
+    return grouped
 
 
 class Store:
@@ -142,8 +64,14 @@ class Store:
         self.clock = clock
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self._group_commit = GroupCommit(self._insert_rows)
         self._write_lock = WriteLock.for_engine(engine)
+        self._inserter = WebhookInserter(engine, self._write_lock)
+        self._group_commit = GroupCommit(self._inserter.insert)
+
+    def close(self) -> None:
+        """Return every connection (the inserter's kept one included)."""
+        self._inserter.close()
+        self.engine.dispose()
 
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
@@ -160,6 +88,14 @@ class Store:
         with self._writing() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+        self.analyze()
+
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics of the webhooks table."""
+        statement = "ANALYZE webhooks" if self.engine.dialect.name == "postgresql" \
+            else "PRAGMA optimize"
+        with self._writing() as connection:
+            connection.exec_driver_sql(statement)
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the schema is reachable."""
@@ -185,42 +121,10 @@ class Store:
         Returns only after the commit. Concurrent calls share one commit (see GroupCommit).
         """
         now = self.clock()
-        row = {
-            "org_id": org_id,
-            "event_type": event_type,
-            "dedupe_key": dedupe_key,
-            "payload": payload,
-            "received_at": now if received_at is None else received_at,
-            "queued_at": now,
-            "state": "held" if hold_reason else "pending",
-            "hold_reason": hold_reason,
-            "attempts": 0,
-            "next_attempt_at": now,
-        }
+        row = (org_id, event_type, dedupe_key, payload,
+               now if received_at is None else received_at, now,
+               "held" if hold_reason else "pending", hold_reason, 0, now)
         return self._group_commit.submit(row)
-
-    def _insert_rows(self, rows: list[dict[str, Any]]) -> list[int | None]:
-        """Insert rows in one transaction; each row's id, or None for a stored duplicate."""
-        statement = (
-            self._insert(webhooks)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(webhooks.c.dedupe_key, webhooks.c.id)
-        )
-        inserted: dict[str, int]
-        try:
-            with self._writing() as connection:
-                if len(rows) == 1:
-                    result = connection.execute(statement.values(rows[0]))
-                else:
-                    result = connection.execute(statement, rows)
-                inserted = {str(key): int(stored_id) for key, stored_id in result.all()}
-        except OperationalError as error:
-            raise StoreUnavailable(type(error.orig).__name__) from None
-        ids: list[int | None] = []
-        for row in rows:
-            # A key given twice in one batch is stored once: the later copy is a duplicate.
-            ids.append(inserted.pop(row["dedupe_key"], None))
-        return ids
 
     def quarantine(self, org_id: int | None, event_type: str, payload: str, errors: Any) -> int:
         """Keep a payload whose data failed its schema, with the field errors."""
@@ -288,45 +192,53 @@ class Store:
         claimed.sort(key=lambda row: row.id)
         return claimed
 
-    def _finish(self, owner: str, ids: Sequence[int], **values: Any) -> int:
-        if not ids:
-            return 0
-        statement = (
-            update(webhooks)
-            .where(webhooks.c.id.in_(ids), webhooks.c.lease_owner == owner)
-            .values(lease_owner=None, lease_expires_at=None, **values)
-        )
+    def record(
+        self,
+        owner: str,
+        *,
+        delivered: Sequence[int] = (),
+        dry_run: Sequence[int] = (),
+        dead: Iterable[Failure] = (),
+        held: Mapping[str, Iterable[Failure]] | None = None,
+        retry: Iterable[Failure] = (),
+        next_attempt_at: float | None = None,
+    ) -> int:
+        """Write a delivery round's outcomes in one transaction (one fsync, not one per row).
+
+        Only rows still leased to ``owner`` change: a loop that lost its lease must not
+        overwrite the work of the loop that took the rows over. Returns the rows changed.
+        """
+        now = self.clock()
+        changes: list[tuple[list[int], dict[str, Any]]] = [
+            (list(delivered), {"state": "delivered", "finished_at": now, "last_error": None}),
+            (list(dry_run), {"state": "dry_run", "finished_at": now}),
+        ]
+        for reason, ids in by_reason(dead).items():
+            changes.append((ids, {"state": "dead", "finished_at": now, "last_error": reason}))
+        for hold_reason, failures in (held or {}).items():
+            for reason, ids in by_reason(failures).items():
+                changes.append((ids, {"state": "held", "hold_reason": hold_reason,
+                                      "last_error": reason}))
+        for reason, ids in by_reason(retry).items():
+            changes.append((ids, {"next_attempt_at": next_attempt_at, "last_error": reason}))
+        changed = 0
         with self._writing() as connection:
-            return connection.execute(statement).rowcount
+            for ids, values in changes:
+                if ids:
+                    changed += connection.execute(
+                        update(webhooks)
+                        .where(webhooks.c.id.in_(ids), webhooks.c.lease_owner == owner)
+                        .values(lease_owner=None, lease_expires_at=None, **values)
+                    ).rowcount
+        return changed
 
     def mark_delivered(self, owner: str, ids: Sequence[int]) -> int:
         """Segment answered 2xx for these rows' messages."""
-        return self._finish(owner, ids, state="delivered", finished_at=self.clock(),
-                            last_error=None)
-
-    def mark_dry_run(self, owner: str, ids: Sequence[int]) -> int:
-        """These rows' messages were logged, not sent (no write key)."""
-        return self._finish(owner, ids, state="dry_run", finished_at=self.clock())
+        return self.record(owner, delivered=ids)
 
     def mark_dead(self, owner: str, failures: Iterable[Failure]) -> int:
         """Move rows to the dead letters with their reason."""
-        count = 0
-        for failure in failures:
-            count += self._finish(owner, [failure.id], state="dead", finished_at=self.clock(),
-                                  last_error=failure.reason)
-        return count
-
-    def hold(self, owner: str, ids: Sequence[int], hold_reason: str, error: str) -> int:
-        """Park rows until a missing credential is configured (see :meth:`release_held`)."""
-        return self._finish(owner, ids, state="held", hold_reason=hold_reason, last_error=error)
-
-    def reschedule(self, owner: str, failures: Iterable[Failure], next_attempt_at: float) -> int:
-        """Give rows back for another attempt at ``next_attempt_at``."""
-        count = 0
-        for failure in failures:
-            count += self._finish(owner, [failure.id], next_attempt_at=next_attempt_at,
-                                  last_error=failure.reason)
-        return count
+        return self.record(owner, dead=failures)
 
     def release(self, owner: str) -> int:
         """Give every row leased to ``owner`` back, due now (used on shutdown)."""

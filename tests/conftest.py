@@ -95,7 +95,7 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
 
     yield factory
     for app in apps:
-        app.extensions["store"].engine.dispose()
+        app.extensions["store"].close()
 
 
 @pytest.fixture

@@ -462,7 +462,7 @@ def test_secrets_are_encrypted_in_the_database_and_absent_from_logs(
         assert stored._mapping[column]
         assert not any(secret.encode() in bytes(stored._mapping[column]) for secret in secrets)
     if database_url.startswith("sqlite:///"):
-        app.extensions["store"].engine.dispose()
+        app.extensions["store"].close()
         path = Path(database_url.removeprefix("sqlite:///"))
         on_disk = b"".join(file.read_bytes() for file in path.parent.glob(path.name + "*"))
         assert b"drift-at-" not in on_disk and b"drift-rt-" not in on_disk
