@@ -284,3 +284,31 @@ def test_concurrent_webhooks_share_commits_and_each_gets_its_own_answer(
     assert len(accepted) == 60 == len(set(accepted))
     assert sum(answer["status"] == "duplicate" for answer in answers) == 10
     assert stored(app) == {("new_conversation", "pending"): 60}
+
+
+def test_a_dropped_database_connection_is_replaced_without_losing_the_webhook(
+        postgres_url: str) -> None:
+    import sqlalchemy
+
+    from drift_segment_source import create_app
+
+    app = create_app({"DATABASE_URL": postgres_url, "DRIFT_VERIFICATION_TOKEN": TOKEN})
+    store = app.extensions["store"]
+    store.migrate()
+    client = app.test_client()
+    try:
+        assert post(client, webhook("new_conversation", {"id": 1, "contactId": 2})
+                    ).get_json()["status"] == "accepted"
+        # The server drops every other connection, as after a failover or restart.
+        admin = sqlalchemy.create_engine(postgres_url.replace("postgresql://",
+                                                              "postgresql+psycopg://"))
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        admin.dispose()
+        answer = post(client, webhook("new_conversation", {"id": 3, "contactId": 4}))
+        assert answer.status_code == 200 and answer.get_json()["status"] == "accepted"
+        assert stored(app) == {("new_conversation", "pending"): 2}
+    finally:
+        store.close()
