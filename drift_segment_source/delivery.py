@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import ValidationError
-
 from . import metrics
 from .drift_api import DriftApi, DriftApiError
 from .routing import NO_DRIFT_TOKEN, Destination, Held, Routing
@@ -180,16 +178,18 @@ class Delivery:
             outcomes.dead.append(Failure(row.id, f"no translator for {row.event_type}"))
             return None
         try:
-            data = translator.validate(row.payload["data"])
+            data = translator.reshape(row.payload["data"])
             destination = self.routing.destination(row.org_id)
             conversation = self.look_up(row, translator.conversation_needed(data))
             received = datetime.fromtimestamp(row.received_at, tz=UTC)
             calls = translate(translator, row.org_id, data, received, conversation)
             messages = [self.builder.build(call) for call in calls]
-        except ValidationError as error:
-            outcomes.dead.append(Failure(row.id, f"data fails schema: {error.messages}"))
         except MessageTooLarge as error:
             outcomes.dead.append(Failure(row.id, str(error)))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            # Stored data that no longer fits its translator (it passed validation when it
+            # arrived): keep it as a dead letter to replay after a fix, never crash the loop.
+            outcomes.dead.append(Failure(row.id, f"cannot translate: {error!r}"))
         except Held as held:
             outcomes.held[held.reason].append(Failure(row.id, str(held)))
         except DriftApiError as error:

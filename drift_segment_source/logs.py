@@ -1,56 +1,74 @@
 """Structured logs: one JSON line per event, with secrets scrubbed out.
 
-Request bodies are never logged; the redaction filter is the second line of defence for
-the verification token, write keys and access tokens.
+Request bodies are never logged; scrubbing every finished line of every configured secret
+(verification tokens, write keys, access tokens) is the second line of defence. The
+formatter is written for the webhook hot path: one ``json.dumps`` and one regular
+expression pass per line (a general-purpose JSON log formatter cost 100 µs a webhook).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
+import threading
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from pythonjsonlogger.json import JsonFormatter
-
 REDACTED = "[redacted]"
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
 
 
-class RedactSecrets(logging.Filter):
-    """Replace any configured secret value that appears in a log record."""
+class Redactor:
+    """Replaces every known secret value in a line of text."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
 
     def add(self, secrets: Iterable[str]) -> None:
         """Remember more secret values to scrub (org tokens are added as orgs install)."""
-        self.secrets.update(secret for secret in secrets if len(secret) >= 4)
+        with self._lock:
+            fresh = {secret for secret in secrets if len(secret) >= 4} - self._secrets
+            if not fresh:
+                return
+            self._secrets |= fresh
+            # A secret may also appear JSON-escaped inside a line; match both spellings.
+            spellings = self._secrets | {json.dumps(s)[1:-1] for s in self._secrets}
+            longest_first = sorted(spellings, key=len, reverse=True)
+            self._pattern = re.compile("|".join(map(re.escape, longest_first)))
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
-        record.msg = self._scrub(record.getMessage())
-        record.args = None
-        for key, value in list(record.__dict__.items()):
-            if isinstance(value, str | dict | list):
-                record.__dict__[key] = self._scrub(value)
-        return True
-
-    def _scrub(self, value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in self.secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
-        if isinstance(value, dict):
-            return {key: self._scrub(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [self._scrub(item) for item in value]
-        return value
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret replaced by ``[redacted]``."""
+        pattern = self._pattern
+        return text if pattern is None else pattern.sub(REDACTED, text)
 
 
-REDACTOR = RedactSecrets()
+REDACTOR = Redactor()
+
+
+class JsonLines(logging.Formatter):
+    """``{"time", "level", "name", "message", ...extra}`` as one JSON line, scrubbed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname,
+            "name": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in STANDARD_ATTRIBUTES:
+                entry[key] = value
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return REDACTOR.scrub(json.dumps(entry, default=str, ensure_ascii=False))
 
 
 class StderrHandler(logging.StreamHandler[Any]):
@@ -70,12 +88,9 @@ def configure(level: str = "INFO") -> None:
     """Send the service's logs to stderr as JSON lines (idempotent)."""
     root = logging.getLogger("drift_segment_source")
     root.setLevel(level.upper())
-    if any(getattr(handler, "_drift_segment_source", False) for handler in root.handlers):
+    if any(isinstance(handler, StderrHandler) for handler in root.handlers):
         return
     handler = StderrHandler()
-    handler.setFormatter(JsonFormatter("{asctime}{levelname}{name}{message}", style="{",
-                                       rename_fields={"levelname": "level", "asctime": "time"}))
-    handler.addFilter(REDACTOR)
-    handler._drift_segment_source = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonLines())
     root.addHandler(handler)
     root.propagate = False

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from marshmallow import ValidationError
 
 from drift_segment_source.segment_out import MessageBuilder, MessageTooLarge
@@ -185,3 +187,63 @@ def test_a_message_over_32_kb_is_caught_before_sending() -> None:
     data = {**seed("button_clicked"), "body": "x" * 40_000}
     with pytest.raises(MessageTooLarge):
         MessageBuilder().build(calls_for("button_clicked", data)[0])
+
+
+# -- delivery skips re-validation: reshape(raw) must translate exactly like validate(raw) --
+
+CASES = sorted(path for path in FIXTURES.glob("*/*.json")
+               if not path.name.endswith((".segment.json", ".drift-api.json")))
+
+
+def both_ways(event_type: str, raw: dict[str, Any]) -> tuple[Any, Any]:
+    translator = TRANSLATORS[event_type]
+    validated = translator.validate(raw)
+    reshaped = translator.reshape(raw)
+    conversation = {"contactId": 42, "id": 1, "createdAt": 1, "inboxId": 2, "status": "open",
+                    "updatedAt": 3}
+    results = []
+    for data in (validated, reshaped):
+        needed = translator.conversation_needed(data)
+        calls = translate(translator, ORG, data, RECEIVED,
+                          conversation if needed is not None else None)
+        results.append((list(translator.identity(data)), needed, calls))
+    return results[0], results[1]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: f"{case.parent.name}/{case.stem}")
+def test_reshaped_stored_data_translates_exactly_like_validated_data(case: Any) -> None:
+    document = json.loads(case.read_text())
+    validated, reshaped = both_ways(document["type"], document["data"])
+    assert reshaped == validated
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_type=st.sampled_from(sorted(TRANSLATORS)),
+       data=st.dictionaries(
+           st.sampled_from(["id", "contactId", "conversationId", "createdAt", "author",
+                            "body", "context", "diff", "endUserId", "timestamp", "schedulerId",
+                            "scheduledAt", "phoneNumber", "authorType", "authorId", "pushedAt",
+                            "data", "changedAt", "addedParticipants", "removedParticipants",
+                            "eventId", "extra", "status", "inboxId", "source", "userId"]),
+           st.integers(0, 2**63) | st.integers(100_000_000_000, 9_000_000_000_000)
+           | st.text(max_size=8) | st.none() | st.booleans()
+           | st.lists(st.integers(0, 99), max_size=3)
+           | st.fixed_dictionaries({"id": st.integers(0, 9)},
+                                   optional={"type": st.just("contact"), "x": st.just(1)})
+           | st.lists(st.fixed_dictionaries({"name": st.sampled_from(["attributes.a", "b.c"])},
+                                            optional={"updated": st.integers(),
+                                                      "previous": st.none(),
+                                                      "junk": st.text(max_size=3)}),
+                      max_size=3)
+           | st.fixed_dictionaries({"conversationId": st.integers(1, 9)},
+                                   optional={"pushedAt": st.just(1714421087350),
+                                             "contactId": st.integers(1, 9)}),
+           max_size=12))
+def test_any_valid_data_translates_the_same_reshaped_or_validated(
+        event_type: str, data: dict[str, Any]) -> None:
+    try:
+        TRANSLATORS[event_type].validate(data)
+    except ValidationError:
+        return  # refused at the door (422): never stored, never delivered
+    validated, reshaped = both_ways(event_type, data)
+    assert reshaped == validated

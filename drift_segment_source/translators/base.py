@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from marshmallow import Schema
 
+from .fields import FlattenedSchema, flatten_nested_data
+
 EVENT_PREFIX = "Drift Source Event: "
 
 Data = dict[str, Any]
@@ -58,6 +60,18 @@ class Translator:
         """Load ``data`` with the schema; raises marshmallow's ValidationError."""
         loaded: Data = self.schema.load(data)
         return loaded
+
+    def reshape(self, data: Mapping[str, Any]) -> Data:
+        """Already-validated ``data`` in the shape ``validate`` gives, without re-checking it.
+
+        Delivery translates stored webhooks, which passed ``validate`` when they arrived;
+        running marshmallow again took a third of delivery's CPU. Translators only read the
+        fields they name, so the only shape to restore is ``data.data`` flattening. A test
+        holds every translator to ``translate(reshape(d)) == translate(validate(d))``.
+        """
+        if isinstance(self.schema, FlattenedSchema):
+            return flatten_nested_data(data)
+        return dict(data)
 
 
 class NeedsConversation(LookupError):

@@ -17,6 +17,7 @@ from .base import Conversation, Data, Draft, Translator
 from .fields import DriftId, DriftSchema, EventTime, Integer
 
 ATTRIBUTE_PREFIX = "attributes."
+CHANGE_FIELDS = ("name", "previous", "updated")
 
 
 class Change(DriftSchema):
@@ -57,7 +58,10 @@ def build(data: Data, conversation: Conversation | None) -> list[Draft]:
 
 
 def identity(data: Data) -> list[object]:
-    changes = json.dumps(data["diff"], sort_keys=True, separators=(",", ":"), default=str)
+    # Only the fields the schema keeps, so raw and validated data give the same identity.
+    kept = [{key: change[key] for key in CHANGE_FIELDS if key in change}
+            for change in data["diff"]]
+    changes = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return [data["endUserId"], data.get("timestamp"), hashlib.sha256(changes.encode()).hexdigest()]
 
 
