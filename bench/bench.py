@@ -718,8 +718,9 @@ class RssSampler(threading.Thread):
 
 def drain(name: str, database: str, database_url: str, count: int,
           templates: list[workload.Template], folder: Path, timeout: int,
-          first_id: int) -> Drain:
-    """Store ``count`` webhooks, start the worker, wait for the fake to get every message."""
+          first_id: int, workers: int = 1) -> Drain:
+    """Store ``count`` webhooks, start ``workers`` worker processes (more than one only on
+    PostgreSQL, where SKIP LOCKED shares the rows), wait for the fake to get every message."""
     folder.mkdir(parents=True, exist_ok=True)
     expected = seed(database_url, count, templates, first_id)
     fake = FakeSegmentProcess(folder, "fake-segment")
@@ -727,8 +728,9 @@ def drain(name: str, database: str, database_url: str, count: int,
                       DRIFT_VERIFICATION_TOKEN=TOKEN, SEGMENT_WRITE_KEY=WRITE_KEY,
                       SEGMENT_HOST=fake.url, DELIVERY_IN_WEB="false")
     started = time.time()
-    worker = Process(f"worker ({name})", [console_script("drift-segment-source"), "worker"],
-                     env, folder / "worker.log", cwd=folder)
+    pool = [Process(f"worker {n} ({name})", [console_script("drift-segment-source"), "worker"],
+                    env, folder / f"worker-{n}.log", cwd=folder) for n in range(workers)]
+    worker = pool[0]
     sampler = RssSampler(worker.pid)
     sampler.start()
     timed_out = False
@@ -738,8 +740,9 @@ def drain(name: str, database: str, database_url: str, count: int,
             stats = fake.stats()
             if stats["messages"] >= len(expected):
                 break
-            if not worker.alive():
-                raise BenchFailure(f"the worker exited:\n{worker.tail()}")
+            for process in pool:
+                if not process.alive():
+                    raise BenchFailure(f"a worker exited:\n{process.tail()}")
             if time.monotonic() > deadline:
                 timed_out = True
                 log(f"{name}: drain not finished after {timeout}s "
@@ -752,7 +755,8 @@ def drain(name: str, database: str, database_url: str, count: int,
         sampler.peak_kib = max(sampler.peak_kib, *(rss or (0, 0)))
     finally:
         sampler.done.set()
-        worker.stop()
+        for process in pool:
+            process.stop()
         received = fake.received_ids()
         fake.stop()
     distinct = set(received)
@@ -1056,6 +1060,13 @@ def main() -> int:
                                       settings.delivery_n, templates,
                                       work / f"delivery-{database}", settings.drain_timeout,
                                       first_id=10**12))
+            if postgres is not None:
+                # Scale-out as documented: two `worker` processes on one PostgreSQL.
+                delivery.append(drain("delivery PostgreSQL, 2 workers", "PostgreSQL, 2 workers",
+                                      postgres.new_database("bench_delivery_two"),
+                                      settings.delivery_n, templates,
+                                      work / "delivery-PostgreSQL-2", settings.drain_timeout,
+                                      first_id=3 * 10**12, workers=2))
             batch = int(statistics.median(delivery[0].batch_messages or [500]))
             direct = direct_post(settings.delivery_n, batch, work / "direct")
         if postgres is not None:
