@@ -47,11 +47,12 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
         app.extensions["routing"] = SelfHostedRouting(settings)
     app.extensions["delivery_wakeup"] = threading.Event()
 
-    from . import health, oauth, pages, webhooks
+    from . import health, oauth, pages, status, webhooks
 
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(health.blueprint)
     pages.init_app(app)
+    app.register_blueprint(status.blueprint)
     if config.app_mode(settings):
         oauth.init_app(app)
     register_request_ids(app)

@@ -23,6 +23,10 @@ def init_app(app: Flask) -> None:
     """Serve the landing page (all modes)."""
     app.register_blueprint(blueprint)
 
+    @app.template_filter("utc_hour")
+    def utc_hour(epoch: float) -> str:
+        return time.strftime("%H:00", time.gmtime(epoch))
+
     @app.context_processor
     def page_globals() -> dict[str, Any]:
         return {"version": __version__, "app_mode": config.app_mode(app.config)}

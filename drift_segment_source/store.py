@@ -15,7 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
@@ -308,6 +308,46 @@ class Store:
         with self.engine.connect() as connection:
             count, oldest = connection.execute(statement).one()
         return int(count), oldest
+
+    def latencies(self, since: float, limit: int = 5000) -> list[float]:
+        """Seconds from receipt to delivery of the rows delivered since ``since``."""
+        statement = (
+            select(webhooks.c.finished_at - webhooks.c.received_at)
+            .where(IS_FINISHED, webhooks.c.state == literal_column("'delivered'"),
+                   webhooks.c.finished_at >= since)
+            .order_by(webhooks.c.finished_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [float(seconds) for seconds in connection.execute(statement).scalars()]
+
+    def hourly(self, since: float) -> dict[str, dict[int, int]]:
+        """Webhooks received and delivered per hour (epoch hour → count) since ``since``."""
+        received_hour = func.floor(webhooks.c.received_at / 3600)
+        finished_hour = func.floor(webhooks.c.finished_at / 3600)
+        received = (select(received_hour, func.count()).where(webhooks.c.received_at >= since)
+                    .group_by(received_hour))
+        delivered = (select(finished_hour, func.count())
+                     .where(IS_FINISHED, webhooks.c.state == literal_column("'delivered'"),
+                            webhooks.c.finished_at >= since)
+                     .group_by(finished_hour))
+        with self.engine.connect() as connection:
+            return {
+                "received": {int(hour): int(n) for hour, n in connection.execute(received)},
+                "delivered": {int(hour): int(n) for hour, n in connection.execute(delivered)},
+            }
+
+    def retrying(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Rows waiting for another attempt after a failure, the longest-waiting first."""
+        statement = (
+            select(webhooks.c.id, webhooks.c.org_id, webhooks.c.event_type, webhooks.c.attempts,
+                   webhooks.c.received_at, webhooks.c.next_attempt_at, webhooks.c.last_error)
+            .where(IS_PENDING, webhooks.c.last_error.is_not(None))
+            .order_by(webhooks.c.next_attempt_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(statement)]
 
     def prune(self, delivered_before: float) -> int:
         """Delete delivered (and dry-run) rows finished before ``delivered_before``."""
