@@ -356,15 +356,19 @@ def test_release_hands_rows_back_at_once(app: Flask) -> None:
     assert len(store.claim("loop-b", 10, lease_seconds=60)) == 2
 
 
-def test_on_sqlite_only_one_delivery_loop_runs(make_app: AppFactory, database_url: str) -> None:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("the single-loop lease applies to SQLite; Postgres uses SKIP LOCKED")
-    store = make_app().extensions["store"]
+def test_on_sqlite_only_one_delivery_loop_runs(tmp_path: Any) -> None:
+    # SQLite only: PostgreSQL runs any number of loops, sharing rows with SKIP LOCKED.
+    from drift_segment_source.db import make_engine
+    from drift_segment_source.store import Store
+
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'lease.sqlite3'}"))
+    store.migrate()
     assert store.take_lease("delivery", "a", 30)
     assert not store.take_lease("delivery", "b", 30)
     assert store.take_lease("delivery", "a", 30), "the holder renews"
     store.drop_lease("delivery", "a")
     assert store.take_lease("delivery", "b", 30)
+    store.close()
 
 
 def test_delivered_rows_are_pruned_after_the_retention_period(app: Flask, clock: Clock) -> None:
