@@ -14,6 +14,7 @@ from flask import Flask
 
 from drift_segment_source import create_app
 
+from .fakes import FakeSegment
 from .postgres import temporary_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +97,13 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
     yield factory
     for app in apps:
         app.extensions["store"].close()
+
+
+@pytest.fixture
+def segment() -> Iterator[FakeSegment]:
+    """A loopback fake of Segment's Tracking API (see tests/fakes.py)."""
+    with FakeSegment() as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -56,11 +56,6 @@ def drift() -> Iterator[FakeDrift]:
         yield fake
 
 
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    with FakeSegment() as fake:
-        yield fake
-
 
 @pytest.fixture
 def app_mode(make_app: AppFactory, drift: FakeDrift, segment: FakeSegment

@@ -85,11 +85,6 @@ def drift() -> Iterator[FakeDrift]:
         yield fake
 
 
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    with FakeSegment() as fake:
-        yield fake
-
 
 @pytest.fixture
 def served_app(make_app: AppFactory, drift: FakeDrift, segment: FakeSegment

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,12 +14,6 @@ from drift_segment_source.cli import main
 
 from .conftest import FIXTURES, TOKEN, WRITE_KEY, AppFactory, webhook
 from .fakes import FakeSegment
-
-
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    with FakeSegment() as fake:
-        yield fake
 
 
 @pytest.fixture

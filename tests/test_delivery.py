@@ -32,11 +32,6 @@ class Clock:
         self.now += seconds
 
 
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    with FakeSegment() as fake:
-        yield fake
-
 
 @pytest.fixture
 def clock() -> Clock:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,6 @@ from .service import Service
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    with FakeSegment() as fake:
-        yield fake
 
 
 def wait_for(condition, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import responses
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,12 +13,6 @@ from drift_segment_source.app import make_delivery
 
 from .conftest import DRIFT_API_URL, TOKEN, AppFactory, webhook
 from .fakes import FakeSegment
-
-
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    with FakeSegment() as fake:
-        yield fake
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,11 +16,6 @@ MARKER = "very-private-visitor-text-4242"
 WRITE_KEY = "wk-secret-0123456789abcdef"
 DRIFT_TOKEN = "drift-secret-token-abcdef"
 
-
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    with FakeSegment() as fake:
-        yield fake
 
 
 def test_logs_are_json_lines_without_secrets_or_bodies(make_app: AppFactory,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,11 +28,6 @@ from .service import Service
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    with FakeSegment() as fake:
-        yield fake
 
 
 def wait_for(condition: Callable[[], bool], timeout: float) -> bool:

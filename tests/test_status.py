@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 
 import pytest
 from flask import Flask
@@ -15,11 +14,6 @@ from .fakes import FakeSegment
 
 ADMIN = "admin-token-0123456789"
 
-
-@pytest.fixture
-def segment() -> Iterator[FakeSegment]:
-    with FakeSegment() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validates_schema
 
-from .base import Data
+from .base import Conversation, Data, Draft, Translator, pick
 from .fields import Boolean, DriftId, DriftSchema, EventTime, Integer
 
 
@@ -56,3 +56,14 @@ def identity(data: Data) -> list[object]:
     # One booking is one eventId; a reschedule changes the slot and scheduledAt.
     return [data.get("eventId"), contact_id(data), data.get("eventType"), data.get("slotStart"),
             data.get("scheduledAt")]
+
+
+def meeting_translator(event_type: str, properties: tuple[str, ...]) -> Translator:
+    """The translator of ``new_meeting`` or ``meeting_updated``: the named Meeting fields."""
+
+    def build(data: Data, conversation: Conversation | None) -> list[Draft]:
+        fields = pick(with_contact(data), properties)
+        return [Draft("track", contact_id(data), fields, data.get("scheduledAt"))]
+
+    return Translator(event_type=event_type, schema=MeetingData(), identity=identity,
+                      build=build)
