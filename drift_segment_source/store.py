@@ -97,14 +97,6 @@ class Store:
         with self._writing() as connection:
             connection.exec_driver_sql(statement)
 
-    def ping(self) -> None:
-        """Raise StoreUnavailable unless the schema is reachable."""
-        try:
-            with self.engine.connect() as connection:
-                connection.execute(select(webhooks.c.id).limit(1))
-        except OperationalError as error:
-            raise StoreUnavailable(type(error.orig).__name__) from None
-
     # -- the web side -----------------------------------------------------------------------
 
     def accept(
@@ -235,10 +227,6 @@ class Store:
     def mark_delivered(self, owner: str, ids: Sequence[int]) -> int:
         """Segment answered 2xx for these rows' messages."""
         return self.record(owner, delivered=ids)
-
-    def mark_dead(self, owner: str, failures: Iterable[Failure]) -> int:
-        """Move rows to the dead letters with their reason."""
-        return self.record(owner, dead=failures)
 
     def release(self, owner: str) -> int:
         """Give every row leased to ``owner`` back, due now (used on shutdown)."""
