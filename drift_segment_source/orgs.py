@@ -102,8 +102,7 @@ class OrgDirectory:
                 known = self._orgs.get(org_id)
             if known is not None:
                 return known
-        with self.engine.connect() as connection:
-            row = connection.execute(select(orgs).where(orgs.c.org_id == org_id)).one_or_none()
+        row = self._row(org_id)
         if row is None:
             return None
         org = as_org(row)
@@ -115,6 +114,11 @@ class OrgDirectory:
                 self.store.release_held(NO_WRITE_KEY, org_id)
                 self.store.release_held(NEEDS_REINSTALL, org_id)
         return org
+
+    def _row(self, org_id: int) -> Row[Any] | None:
+        """The org's row as stored (secrets still sealed), or None."""
+        with self.engine.connect() as connection:
+            return connection.execute(select(orgs).where(orgs.c.org_id == org_id)).one_or_none()
 
     def all(self) -> list[Org]:
         """Every installed org, in id order."""
@@ -128,8 +132,7 @@ class OrgDirectory:
             known = self._secrets.get(org_id)
         if known is not None:
             return known
-        with self.engine.connect() as connection:
-            row = connection.execute(select(orgs).where(orgs.c.org_id == org_id)).one_or_none()
+        row = self._row(org_id)
         if row is None:
             return None
         found = OrgSecrets(
