@@ -2,22 +2,22 @@
 
 Each becomes the webhook Drift would have sent (``new_conversation``, ``new_meeting``) and is
 stored like a live one, so it gets the same dedupe key and messageIds: what was already
-received live is a duplicate here, and Segment drops anything sent twice.
+received live is a duplicate here, and Segment drops anything sent twice. A window that
+starts before the dedupe keys kept is refused (``check_window``).
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import ValidationError
-
 from .drift_api import Credentials, DriftApi
+from .envelope import Rejected, read_envelope
+from .intake import HORIZON_MARGIN_SECONDS, take_in
 from .routing import Routing
 from .store import Store
-from .translators import TRANSLATORS, dedupe_key
 
 
 def implied_webhooks(drift_api: DriftApi, credentials: Credentials, org_id: int,
@@ -32,20 +32,31 @@ def implied_webhooks(drift_api: DriftApi, credentials: Credentials, org_id: int,
 
 def store_webhooks(store: Store, routing: Routing, webhooks: Iterable[dict[str, Any]],
                    on_each: Callable[[str], None] = lambda outcome: None) -> Counter[str]:
-    """Store each webhook like a live one; counts of accepted, duplicate and invalid."""
+    """Take each webhook in like a live one (intake.py); counts by outcome (accepted,
+    duplicate, or the error that refused it, e.g. invalid_data)."""
     outcomes: Counter[str] = Counter()
     for webhook in webhooks:
-        translator = TRANSLATORS[webhook["type"]]
         try:
-            data = translator.validate(webhook["data"])
-        except ValidationError:
-            outcome = "invalid"
-        else:
-            key = dedupe_key(webhook["orgId"], webhook["type"], translator.identity(data))
-            stored = store.accept(webhook["orgId"], webhook["type"], key,
-                                  json.dumps(webhook, separators=(",", ":")),
-                                  hold_reason=routing.route(webhook["orgId"]).hold)
-            outcome = "accepted" if stored is not None else "duplicate"
+            taken = take_in(read_envelope(webhook), store, routing, received_at=store.clock(),
+                            keep_invalid=False)
+            outcome = taken.status
+        except Rejected as rejection:
+            outcome = str(rejection.body["error"])
         outcomes[outcome] += 1
         on_each(outcome)
     return outcomes
+
+
+class BeyondHorizon(ValueError):
+    """The window reaches past the dedupe keys kept: events in it could be sent twice."""
+
+
+def check_window(store: Store, since_ms: int) -> None:
+    """Refuse a backfill window that starts before the dedupe horizon (SPEC §5.10)."""
+    horizon = store.dedupe_horizon()
+    if horizon and since_ms / 1000 < horizon + HORIZON_MARGIN_SECONDS:
+        earliest = datetime.fromtimestamp(horizon + HORIZON_MARGIN_SECONDS, UTC)
+        raise BeyondHorizon(
+            f"--since reaches past the dedupe keys kept (DEDUPE_RETENTION_DAYS): events "
+            f"before {earliest:%Y-%m-%d %H:%M} UTC may have been delivered already and would "
+            f"be sent twice. Use --since {earliest:%Y-%m-%dT%H:%M} or later.")

@@ -220,7 +220,7 @@ def replay(paths: tuple[str, ...], url: str, token: str | None) -> None:
 @click.option("--org-id", type=int, required=True, help="The Drift organisation to backfill.")
 def backfill(since: datetime, until: datetime | None, org_id: int) -> None:
     """Store the events Drift's conversations and meetings imply (same messageIds as live)."""
-    from .backfill import implied_webhooks, store_webhooks
+    from .backfill import BeyondHorizon, check_window, implied_webhooks, store_webhooks
     from .drift_api import DriftApi, DriftApiError
 
     app = load_app()
@@ -230,6 +230,10 @@ def backfill(since: datetime, until: datetime | None, org_id: int) -> None:
         raise click.ClickException("backfill reads the Drift API: set DRIFT_ACCESS_TOKEN")
     since_ms = int(since.replace(tzinfo=UTC).timestamp() * 1000)
     until_ms = int((until or datetime.now(UTC)).replace(tzinfo=UTC).timestamp() * 1000)
+    try:
+        check_window(app.extensions["store"], since_ms)
+    except BeyondHorizon as error:
+        raise click.ClickException(str(error)) from None
     drift_api = DriftApi(settings["DRIFT_API_URL"], settings["DRIFT_TIMEOUT_SECONDS"])
     webhooks = implied_webhooks(drift_api, credentials, org_id, since_ms, until_ms)
     try:

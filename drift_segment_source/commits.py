@@ -8,6 +8,9 @@ Three pieces, each for one measured cost (bench/results/profiles):
 - ``WebhookInserter``: the insert itself runs fixed SQL on a DB-API connection kept for
   it, with no statement building, compiling, pool checkout or reset per request (and, on
   PostgreSQL, as a server-side prepared statement after a few runs).
+
+Every answer stays true whatever the others in a group do (SPEC §4): each request gets the
+outcome of the commit that held its row, and a row the database refuses fails alone.
 """
 
 from __future__ import annotations
@@ -30,8 +33,23 @@ WEBHOOK_COLUMNS = ("org_id", "event_type", "dedupe_key", "payload", "received_at
 ROWS_PER_STATEMENT = 500
 
 
+def chunks(rows: Sequence[tuple[Any, ...]]) -> Iterator[Sequence[tuple[Any, ...]]]:
+    """``rows`` in slices of at most ROWS_PER_STATEMENT."""
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        yield rows[start:start + ROWS_PER_STATEMENT]
+
+
 class StoreUnavailable(RuntimeError):
     """The database cannot be reached or written; the webhook was not stored."""
+
+
+class Unstorable(ValueError):
+    """The database refused this row's values (the database itself is fine)."""
+
+
+def digest_of(dedupe_key: str) -> bytes:
+    """The 16 bytes a dedupe key is kept as: its hex digest (translators.dedupe_key)."""
+    return bytes.fromhex(dedupe_key[-32:])
 
 
 @dataclass
@@ -40,7 +58,7 @@ class _Waiting:
 
     row: tuple[Any, ...]
     result: int | None = None
-    error: StoreUnavailable | None = None
+    error: Exception | None = None
     done: bool = False
 
 
@@ -60,7 +78,10 @@ class GroupCommit:
         self._queue: list[_Waiting] = []
 
     def submit(self, row: tuple[Any, ...]) -> int | None:
-        """Store ``row``; its id, or None for a duplicate. Raises StoreUnavailable."""
+        """Store ``row``; its id, or None when its dedupe key is already stored.
+
+        Raises StoreUnavailable (the database is down) or Unstorable (it refused this row).
+        """
         waiting = _Waiting(row)
         with self._queue_lock:
             self._queue.append(waiting)
@@ -71,17 +92,34 @@ class GroupCommit:
                 self._commit(batch)
         if waiting.error is not None:
             raise waiting.error
+        if not waiting.done:  # cannot happen: _commit settles every row it took
+            raise StoreUnavailable("the row was not committed")
         return waiting.result
 
     def _commit(self, batch: list[_Waiting]) -> None:
         try:
             results = self._insert([waiting.row for waiting in batch])
         except StoreUnavailable as error:
-            for waiting in batch:
-                waiting.error, waiting.done = error, True
-            return
-        for waiting, result in zip(batch, results, strict=True):
-            waiting.result, waiting.done = result, True
+            self._settle(batch, error)
+        except Exception as error:
+            if len(batch) == 1:
+                self._settle(batch, error)
+            else:
+                # One row the database refused must not fail the others: each alone.
+                for waiting in batch:
+                    self._commit([waiting])
+        else:
+            for waiting, result in zip(batch, results, strict=True):
+                waiting.result, waiting.done = result, True
+        finally:
+            # Whatever went wrong above, nobody is left waiting without an outcome.
+            self._settle([waiting for waiting in batch if not waiting.done],
+                         StoreUnavailable("the commit did not complete"))
+
+    @staticmethod
+    def _settle(batch: list[_Waiting], error: Exception) -> None:
+        for waiting in batch:
+            waiting.error, waiting.done = error, True
 
 
 class WriteLock:
@@ -132,8 +170,10 @@ class WriteLock:
 
 
 class WebhookInserter:
-    """``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING RETURNING`` for a batch of rows.
+    """Store a batch of webhook rows in one transaction, each once per Drift event.
 
+    The event's dedupe key goes into ``dedupe_keys`` (kept far longer than the webhook row,
+    see Store.prune_dedupe_keys); only rows whose key is new there become webhook rows.
     Used by one committer at a time (GroupCommit's lock), so it keeps one connection per
     process. A broken connection is replaced and the batch tried once more: the dedupe key
     makes a repeated insert harmless.
@@ -143,47 +183,83 @@ class WebhookInserter:
         self.engine = engine
         self.lock = lock
         self._marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        self._sql: dict[int, str] = {}
+        self._sql: dict[tuple[str, int], str] = {}
         self._connection: Any = None
         self._pid = 0
-        self._errors = engine.dialect.loaded_dbapi.Error
+        dbapi = engine.dialect.loaded_dbapi
+        self._errors = dbapi.Error
+        # The database refusing these values, as opposed to being down or unreachable.
+        self._refusals = (dbapi.DataError, dbapi.IntegrityError, dbapi.NotSupportedError)
 
     def insert(self, rows: Sequence[tuple[Any, ...]]) -> list[int | None]:
-        """Each row's new id, or None for a duplicate; raises StoreUnavailable."""
-        inserted: dict[str, int] = {}
+        """Each row's new id, or None for a duplicate.
+
+        Raises StoreUnavailable when the database fails, Unstorable when it (or the driver)
+        refuses the values themselves.
+        """
         for attempt in (1, 2):
             try:
                 with self.lock.held():
-                    connection = self._connect()
-                    cursor = connection.cursor()
-                    try:
-                        for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                            chunk = rows[start:start + ROWS_PER_STATEMENT]
-                            cursor.execute(self._statement(len(chunk)),
-                                           tuple(value for row in chunk for value in row))
-                            inserted.update((str(key), int(row_id))
-                                            for key, row_id in cursor.fetchall())
-                        connection.commit()
-                    finally:
-                        cursor.close()
-                break
+                    return self._insert(rows)
+            except self._refusals as error:
+                self._discard()
+                raise Unstorable(type(error).__name__) from None
             except self._errors as error:
                 self._discard()
-                inserted.clear()
                 if attempt == 2:
                     raise StoreUnavailable(type(error).__name__) from None
-        key = WEBHOOK_COLUMNS.index("dedupe_key")
-        # A key given twice in one batch is stored once: the later copy is a duplicate.
-        return [inserted.pop(row[key], None) for row in rows]
+            except (ValueError, TypeError, OverflowError) as error:
+                # The driver could not bind a value (e.g. text that is not valid Unicode).
+                self._discard()
+                raise Unstorable(type(error).__name__) from None
+        raise AssertionError("unreachable")
 
-    def _statement(self, count: int) -> str:
-        sql = self._sql.get(count)
+    def _insert(self, rows: Sequence[tuple[Any, ...]]) -> list[int | None]:
+        key_column = WEBHOOK_COLUMNS.index("dedupe_key")
+        seen_column = WEBHOOK_COLUMNS.index("queued_at")
+        connection = self._connect()
+        cursor = connection.cursor()
+        try:
+            new_keys: set[bytes] = set()
+            for chunk in chunks(rows):
+                cursor.execute(self._statement("dedupe_keys", len(chunk)), tuple(
+                    value for row in chunk
+                    for value in (digest_of(row[key_column]), row[seen_column])))
+                new_keys.update(bytes(digest) for (digest,) in cursor.fetchall())
+            # A key given twice in one batch is stored once: the later copy is a duplicate.
+            fresh: list[tuple[Any, ...]] = []
+            for row in rows:
+                digest = digest_of(row[key_column])
+                if digest in new_keys:
+                    new_keys.discard(digest)
+                    fresh.append(row)
+            inserted: dict[str, int] = {}
+            for chunk in chunks(fresh):
+                cursor.execute(self._statement("webhooks", len(chunk)),
+                               tuple(value for row in chunk for value in row))
+                inserted.update((str(key), int(row_id)) for key, row_id in cursor.fetchall())
+            connection.commit()
+        finally:
+            cursor.close()
+        return [inserted.pop(row[key_column], None) for row in rows]
+
+    def _statement(self, table: str, count: int) -> str:
+        sql = self._sql.get((table, count))
         if sql is None:
-            one_row = "(" + ", ".join([self._marker] * len(WEBHOOK_COLUMNS)) + ")"
-            sql = (f"INSERT INTO webhooks ({', '.join(WEBHOOK_COLUMNS)}) VALUES "
+            columns: tuple[str, ...]
+            if table == "dedupe_keys":
+                columns, returning = ("digest", "first_seen_at"), "digest"
+                conflict = "digest"
+            else:
+                columns, returning = WEBHOOK_COLUMNS, "dedupe_key, id"
+                # A webhook row outlives its key when it is a dead letter (kept until an
+                # operator acts): a re-sent event then finds the row, and is a duplicate.
+                conflict = "dedupe_key"
+            one_row = "(" + ", ".join([self._marker] * len(columns)) + ")"
+            sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
                    + ", ".join([one_row] * count)
-                   + " ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key, id")
-            self._sql[count] = sql
+                   + f" ON CONFLICT ({conflict}) DO NOTHING RETURNING {returning}")
+            self._sql[(table, count)] = sql
         return sql
 
     def _connect(self) -> Any:

@@ -102,7 +102,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGMENT_TIMEOUT_SECONDS", 15.0, "Timeout of one batch post to Segment.",
             parse=_number),
     Setting("DRIFT_TIMEOUT_SECONDS", 10.0, "Timeout of one Drift API call.", parse=_number),
+    Setting("DELIVERY_LOOKUP_WAIT_SECONDS", 0.25,
+            "How long a delivery round waits for its Drift API lookups before the rows that "
+            "need them go back to wait (other rows never wait on lookups).",
+            parse=_number),
     Setting("RETENTION_DAYS", 7.0, "Delivered rows are pruned after this many days.",
+            parse=_number),
+    Setting("DEDUPE_RETENTION_DAYS", 90.0,
+            "Dedupe keys (16 bytes per event) are kept this long; an event older than the "
+            "keys kept is refused rather than sent twice.",
             parse=_number),
     Setting("SEGMENT_TRANSPORT", "http",
             "Segment transport: http, or `failing` to inject faults (tests, drills)."),

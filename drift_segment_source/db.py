@@ -80,6 +80,26 @@ Index("webhooks_finished", webhooks.c.finished_at, sqlite_where=IS_FINISHED,
 IS_DEAD = webhooks.c.state == literal_column("'dead'")
 Index("webhooks_dead", webhooks.c.id, sqlite_where=IS_DEAD, postgresql_where=IS_DEAD)
 
+# Every Drift event ever stored, as the 16-byte digest of its dedupe key: kept for
+# DEDUPE_RETENTION_DAYS, far longer than the webhook rows, so a redelivery, replay or backfill
+# of an event delivered long ago is still a duplicate (SPEC §5.10).
+dedupe_keys = Table(
+    "dedupe_keys",
+    metadata,
+    Column("digest", LargeBinary(16), primary_key=True),
+    Column("first_seen_at", Float, nullable=False),
+)
+Index("dedupe_keys_first_seen", dedupe_keys.c.first_seen_at)
+
+# Named values the store keeps about itself, e.g. "dedupe_horizon": events that happened
+# before it may have had their dedupe keys pruned.
+watermarks = Table(
+    "watermarks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Float, nullable=False),
+)
+
 # Payloads of a known type whose data failed its schema (422): kept for a translator fix.
 quarantine = Table(
     "quarantine",
@@ -131,11 +151,14 @@ def make_engine(url: str, **options: Any) -> Engine:
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
+            hide_parameters=True,
             **options,
         )
         event.listen(engine, "connect", _tune_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8, **options)
+    # hide_parameters: a database error must never carry a webhook body into the logs.
+    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8,
+                         hide_parameters=True, **options)
 
 
 def _tune_sqlite(dbapi_connection: Any, connection_record: Any) -> None:

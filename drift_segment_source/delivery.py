@@ -3,6 +3,10 @@
 At-least-once: a row is marked delivered only after Segment's 2xx for all its messages;
 anything unconfirmed goes back to the store (retry with backoff, hold, or dead letter).
 Deterministic messageIds let Segment drop the copies a retry may cause.
+
+Failure stays with its row (SPEC §5.8): whatever one row raises is filed under that row
+alone; Drift API lookups run beside the round (``lookups.py``), so rows that need none are
+never held up by them; and a round stops starting work at a deadline well inside its lease.
 """
 
 from __future__ import annotations
@@ -17,21 +21,31 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cachetools import TTLCache
+
 from . import metrics
 from .drift_api import DriftApi, DriftApiError
+from .lookups import Lookups
 from .routing import NO_DRIFT_TOKEN, Destination, Held, Routing
 from .segment_out import MessageBuilder, MessageTooLarge, SegmentError, Transport, batches
 from .store import Failure, Store, StoredWebhook
-from .translators import TRANSLATORS, translate
+from .translators import TRANSLATORS, NoContact, Translator, translate
 
 log = logging.getLogger("drift_segment_source.delivery")
 
 SQLITE_LEASE = "delivery"
 PRUNE_EVERY_SECONDS = 600
+# A round starts no new post after this share of its lease, so that even a post that
+# then takes its whole timeout ends before the lease does (no other loop takes the rows).
+ROUND_SHARE_OF_LEASE = 1 / 3
+# When a row that was not tried this round is due again.
+DEFER_SECONDS = 0.5
 
 
 def new_owner() -> str:
@@ -50,6 +64,26 @@ class Outcomes:
     retry_after: float | None = None
     attempts: dict[int, int] = field(default_factory=dict)
     held: dict[str, list[Failure]] = field(default_factory=lambda: defaultdict(list))
+    # Rows not tried this round (the round ran out of time, the loop is stopping, no
+    # lookup slot was free): back to the store, due again soon, without spending an attempt.
+    deferred: list[Failure] = field(default_factory=list)
+    # Rows whose lookup still runs: made due when it ends (see Lookups), or after the
+    # longest a lookup can take should this process be gone by then.
+    awaiting_lookup: list[Failure] = field(default_factory=list)
+
+    def file(self, row: StoredWebhook, error: Exception) -> None:
+        """File a row under what ``error`` means for it; nothing else is affected."""
+        if isinstance(error, Held):
+            self.held[error.reason].append(Failure(row.id, str(error)))
+        elif isinstance(error, DriftApiError | SegmentError) and error.retryable:
+            self.retry.append(Failure(row.id, str(error)))
+            self.retry_after = max(self.retry_after or 0, error.retry_after or 0)
+        elif isinstance(error, DriftApiError | SegmentError | MessageTooLarge | NoContact):
+            self.dead.append(Failure(row.id, str(error)))
+        else:
+            # A translator or the Segment library raised what nobody expected: the row is
+            # kept as a dead letter with the reason, to replay after a fix (SPEC §5.8).
+            self.dead.append(Failure(row.id, f"cannot translate: {error!r}"[:500]))
 
 
 @dataclass
@@ -59,6 +93,17 @@ class Prepared:
     row: StoredWebhook
     destination: Destination
     messages: list[dict[str, Any]]
+
+
+@dataclass
+class Waiting:
+    """A row whose Drift API lookup was still running when the round reached it."""
+
+    row: StoredWebhook
+    translator: Translator
+    data: dict[str, Any]
+    destination: Destination
+    lookup: Future[Any]
 
 
 class Delivery:
@@ -83,6 +128,12 @@ class Delivery:
         self.owner = owner or new_owner()
         self.builder = MessageBuilder()
         self.stopping = threading.Event()
+        self.wakeup = threading.Event()
+        self.lookups = Lookups(on_done=self.wakeup.set)
+        # Rows sent back while their lookup ran, by id: made due again once it has ended,
+        # then given its outcome when claimed (forgotten if another loop claims them).
+        self._awaiting_lookup: dict[int, Future[Any]] = {}
+        self._lookup_ended: TTLCache[int, Future[Any]] = TTLCache(100_000, 600)
         self._last_prune = 0.0
         self._lease_renewed_at = float("-inf")
 
@@ -96,7 +147,8 @@ class Delivery:
         into one batch instead of one round each, which under load took half the web
         workers' CPU. Idle, a new webhook wakes the loop at once.
         """
-        wakeup = wakeup or threading.Event()
+        wakeup = wakeup or self.wakeup
+        self.lookups = Lookups(on_done=wakeup.set)
         singleton = self.store.engine.dialect.name == "sqlite"
         poll = float(self.settings["DELIVERY_POLL_SECONDS"])
         batch_size = int(self.settings["DELIVERY_BATCH_SIZE"])
@@ -141,24 +193,52 @@ class Delivery:
         self.stopping.set()
 
     def run_round(self) -> int:
-        """Claim due rows, deliver them, record outcomes; the number claimed."""
-        rows = self.store.claim(self.owner, int(self.settings["DELIVERY_BATCH_SIZE"]),
-                                float(self.settings["DELIVERY_LEASE_SECONDS"]))
+        """Claim due rows, deliver them, record outcomes; the number claimed.
+
+        Rows whose lookups are done (or need none) are sent and recorded first; then the
+        round waits a moment for the lookups it started, sends what they made ready, and
+        sends the rest back to wait for theirs.
+        """
+        self.make_due_after_lookups()
+        lease = float(self.settings["DELIVERY_LEASE_SECONDS"])
+        deadline = time.monotonic() + lease * ROUND_SHARE_OF_LEASE
+        rows = self.store.claim(self.owner, int(self.settings["DELIVERY_BATCH_SIZE"]), lease)
         if not rows:
             return 0
-        outcomes = Outcomes(attempts={row.id: row.attempts for row in rows})
-        ready = [prepared for row in rows if (prepared := self.prepare(row, outcomes))]
-        self.send(ready, outcomes)
+        attempts = {row.id: row.attempts for row in rows}
+        outcomes = Outcomes(attempts=attempts)
+        ready: list[Prepared] = []
+        waiting: list[Waiting] = []
+        for row in rows:
+            self.prepare(row, outcomes, ready, waiting)
+        self.send(ready, outcomes, deadline)
+        if waiting:
+            self.record(outcomes)
+            outcomes = Outcomes(attempts=attempts)
+            ready = self.finish_lookups(waiting, outcomes)
+            self.send(ready, outcomes, deadline)
         self.record(outcomes)
         return len(rows)
 
+    def make_due_after_lookups(self) -> None:
+        """Rows sent back to wait for a lookup that has ended are due now."""
+        ended = [row_id for row_id, lookup in self._awaiting_lookup.items() if lookup.done()]
+        if ended:
+            self.store.make_due(ended)
+            for row_id in ended:
+                self._lookup_ended[row_id] = self._awaiting_lookup.pop(row_id)
+
     def prune_now_and_then(self) -> None:
-        """Delete delivered rows past the retention period, every few minutes."""
+        """Delete delivered rows and dedupe keys past their retention, every few minutes."""
         now = self.clock()
         if now - self._last_prune < PRUNE_EVERY_SECONDS:
             return
         self._last_prune = now
         pruned = self.store.prune(now - float(self.settings["RETENTION_DAYS"]) * 86400)
+        forgotten = self.store.prune_dedupe_keys(
+            now - float(self.settings["DEDUPE_RETENTION_DAYS"]) * 86400)
+        if forgotten:
+            log.info("pruned dedupe keys", extra={"count": forgotten})
         # The planner needs fresh statistics of a table that churns this much (PostgreSQL
         # chose full scans for claims on a never-analysed table).
         self.store.analyze()
@@ -167,54 +247,97 @@ class Delivery:
 
     # -- one row ----------------------------------------------------------------------------
 
-    def prepare(self, row: StoredWebhook, outcomes: Outcomes) -> Prepared | None:
-        """Translate a row into messages, or file it under its outcome and return None."""
+    def prepare(self, row: StoredWebhook, outcomes: Outcomes, ready: list[Prepared],
+                waiting: list[Waiting]) -> None:
+        """Put a row in ``ready`` (messages built), ``waiting`` (its lookup runs) or under
+        its outcome. Whatever it raises is filed under this row alone."""
         max_age = float(self.settings["DELIVERY_MAX_AGE_HOURS"]) * 3600
         if self.clock() - row.queued_at > max_age:
             outcomes.dead.append(Failure(row.id, f"undelivered after {max_age / 3600:g} hours"))
-            return None
+            return
         translator = TRANSLATORS.get(row.event_type)
         if translator is None:
             outcomes.dead.append(Failure(row.id, f"no translator for {row.event_type}"))
-            return None
+            return
         try:
             data = translator.reshape(row.payload["data"])
             destination = self.routing.destination(row.org_id)
-            conversation = self.look_up(row, translator.conversation_needed(data))
-            received = datetime.fromtimestamp(row.received_at, tz=UTC)
-            calls = translate(translator, row.org_id, data, received, conversation)
-            messages = [self.builder.build(call) for call in calls]
-        except MessageTooLarge as error:
-            outcomes.dead.append(Failure(row.id, str(error)))
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            # Stored data that no longer fits its translator (it passed validation when it
-            # arrived): keep it as a dead letter to replay after a fix, never crash the loop.
-            outcomes.dead.append(Failure(row.id, f"cannot translate: {error!r}"))
-        except Held as held:
-            outcomes.held[held.reason].append(Failure(row.id, str(held)))
-        except DriftApiError as error:
-            if error.retryable:
-                outcomes.retry.append(Failure(row.id, str(error)))
-                outcomes.retry_after = max(outcomes.retry_after or 0, error.retry_after or 0)
-            else:
-                outcomes.dead.append(Failure(row.id, str(error)))
-        else:
-            return Prepared(row, destination, messages)
-        return None
-
-    def look_up(self, row: StoredWebhook, conversation_id: int | str | None) -> Any:
-        """The Conversation the event needs, or None when it needs none."""
+            conversation_id = translator.conversation_needed(data)
+            lookup = None if conversation_id is None else self.look_up(row, conversation_id)
+        except Exception as error:
+            outcomes.file(row, error)
+            return
         if conversation_id is None:
-            return None
+            self.build(row, translator, data, destination, None, outcomes, ready)
+        elif lookup is None:
+            outcomes.deferred.append(Failure(row.id, "every Drift API lookup slot is busy"))
+        elif lookup.done():
+            self.build_after(Waiting(row, translator, data, destination, lookup), outcomes,
+                             ready)
+        else:
+            waiting.append(Waiting(row, translator, data, destination, lookup))
+
+    def look_up(self, row: StoredWebhook, conversation_id: int | str) -> Future[Any] | None:
+        """The lookup of the Conversation the row needs (done at once when cached), or None
+        when every lookup slot is busy."""
+        earlier = self._lookup_ended.pop(row.id, None) or self._awaiting_lookup.pop(row.id, None)
+        if earlier is not None:
+            return earlier  # the lookup the row was sent back to wait for
+        cached = self.drift_api.cached_conversation(row.org_id, conversation_id)
+        if cached is not None:
+            done: Future[Any] = Future()
+            done.set_result(cached)
+            return done
         credentials = self.routing.drift_credentials(row.org_id)
         if credentials is None:
             raise Held(NO_DRIFT_TOKEN, f"needs GET /conversations/{conversation_id}: "
                                        "set DRIFT_ACCESS_TOKEN")
-        return self.drift_api.conversation(row.org_id, conversation_id, credentials)
+        return self.lookups.start(
+            ("conversation", row.org_id, str(conversation_id)),
+            lambda: self.drift_api.conversation(row.org_id, conversation_id, credentials))
+
+    def build(self, row: StoredWebhook, translator: Translator, data: dict[str, Any],
+              destination: Destination, conversation: Any, outcomes: Outcomes,
+              ready: list[Prepared]) -> None:
+        """Translate and build the row's messages into ``ready``, or file what it raised."""
+        try:
+            received = datetime.fromtimestamp(row.received_at, tz=UTC)
+            calls = translate(translator, row.org_id, data, received, conversation)
+            messages = [self.builder.build(call) for call in calls]
+        except Exception as error:
+            outcomes.file(row, error)
+        else:
+            ready.append(Prepared(row, destination, messages))
+
+    def build_after(self, waiting: Waiting, outcomes: Outcomes, ready: list[Prepared]) -> None:
+        """Build a row whose lookup has ended, or file the lookup's error."""
+        error = waiting.lookup.exception()
+        if error is not None:
+            outcomes.file(waiting.row, error if isinstance(error, Exception)
+                          else RuntimeError(repr(error)))
+            return
+        self.build(waiting.row, waiting.translator, waiting.data, waiting.destination,
+                   waiting.lookup.result(), outcomes, ready)
+
+    def finish_lookups(self, waiting: list[Waiting], outcomes: Outcomes) -> list[Prepared]:
+        """Wait briefly for the round's lookups; rows whose lookup still runs go back."""
+        # A healthy Drift answers within the wait (DELIVERY_LOOKUP_WAIT_SECONDS), and no row,
+        # nor the next round, waits longer behind a slow one.
+        wait_for_futures([item.lookup for item in waiting],
+                         timeout=float(self.settings["DELIVERY_LOOKUP_WAIT_SECONDS"]))
+        ready: list[Prepared] = []
+        for item in waiting:
+            if item.lookup.done():
+                self.build_after(item, outcomes, ready)
+            else:
+                self._awaiting_lookup[item.row.id] = item.lookup
+                outcomes.awaiting_lookup.append(
+                    Failure(item.row.id, "waiting for a Drift API lookup"))
+        return ready
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send(self, ready: list[Prepared], outcomes: Outcomes) -> None:
+    def send(self, ready: list[Prepared], outcomes: Outcomes, deadline: float) -> None:
         """Post every destination's messages; sort rows by Segment's answers."""
         by_destination: dict[Destination, list[Prepared]] = defaultdict(list)
         for prepared in ready:
@@ -224,42 +347,47 @@ class Delivery:
                 self.log_dry_run(prepared_rows)
                 outcomes.dry_run.extend(prepared.row.id for prepared in prepared_rows)
             else:
-                self.send_to(destination, prepared_rows, outcomes)
+                self.send_to(destination, prepared_rows, outcomes, deadline)
 
-    def send_to(self, destination: Destination, rows: list[Prepared], outcomes: Outcomes) -> None:
+    def send_to(self, destination: Destination, rows: list[Prepared], outcomes: Outcomes,
+                deadline: float) -> None:
         """Post one destination's messages in batches; a row is delivered when all are."""
         messages: list[dict[str, Any]] = []
         row_of: list[int] = []
         for position, prepared in enumerate(rows):
             messages.extend(prepared.messages)
             row_of.extend([position] * len(prepared.messages))
-        failed: dict[int, SegmentError] = {}
+        failed: dict[int, Exception] = {}
+        not_tried: set[int] = set()
         outage: SegmentError | None = None
         for batch in batches(messages):
-            if outage is not None or self.stopping.is_set():
-                # Segment is down (or we are shutting down): don't hammer it, retry later.
-                failed.update({row_of[i]: outage or SegmentError(None, "shutting down")
-                               for i in batch})
+            if outage is not None:
+                # Segment is down: don't hammer it, retry later.
+                failed.update({row_of[i]: outage for i in batch})
                 continue
-            for index, error in self.post_isolating(destination, messages, batch):
+            if self.stopping.is_set() or time.monotonic() > deadline:
+                not_tried.update(row_of[i] for i in batch)
+                continue
+            for index, error in self.post_isolating(destination, messages, batch, deadline):
                 failed.setdefault(row_of[index], error)
-                if error.retryable:
+                if isinstance(error, SegmentError) and error.retryable:
                     outage = error
         for position, prepared in enumerate(rows):
             refusal = failed.get(position)
-            if refusal is None:
+            if refusal is not None:
+                outcomes.file(prepared.row, refusal)
+            elif position in not_tried:
+                outcomes.deferred.append(Failure(prepared.row.id, "round ended before posting"))
+            else:
                 outcomes.delivered.append(prepared.row.id)
                 metrics.DELIVERY_LATENCY.observe(max(0.0, self.clock() - prepared.row.received_at))
-            elif refusal.retryable:
-                outcomes.retry.append(Failure(prepared.row.id, str(refusal)))
-                outcomes.retry_after = max(outcomes.retry_after or 0, refusal.retry_after or 0)
-            else:
-                outcomes.dead.append(Failure(prepared.row.id, str(refusal)))
 
     def post_isolating(
-        self, destination: Destination, messages: list[dict[str, Any]], batch: list[int]
-    ) -> list[tuple[int, SegmentError]]:
-        """Post a batch; on 400/413 split it to find the refused messages. Failed indexes."""
+        self, destination: Destination, messages: list[dict[str, Any]], batch: list[int],
+        deadline: float,
+    ) -> list[tuple[int, Exception]]:
+        """Post a batch; on 400/413 (or an error raised while posting it) split it to find
+        the messages at fault. The indexes that failed, with why."""
         assert destination.write_key is not None
         try:
             self.transport.post(destination.write_key, destination.host,
@@ -267,15 +395,30 @@ class Delivery:
         except SegmentError as error:
             metrics.SEGMENT_BATCHES.labels(status=str(error.status or "network")).inc()
             if error.status in (400, 413) and len(batch) > 1:
-                middle = len(batch) // 2
-                return (self.post_isolating(destination, messages, batch[:middle])
-                        + self.post_isolating(destination, messages, batch[middle:]))
+                return self.split(destination, messages, batch, deadline, error)
             log.warning("segment refused a batch", extra={"status": error.status,
                                                           "messages": len(batch)})
             return [(index, error) for index in batch]
+        except Exception as error:
+            # Not an answer from Segment: the library could not serialise or send one of
+            # these messages. Find which; the others go out.
+            log.warning("posting a batch raised", extra={"error": repr(error)[:300],
+                                                          "messages": len(batch)})
+            if len(batch) > 1:
+                return self.split(destination, messages, batch, deadline, error)
+            return [(batch[0], error)]
         metrics.SEGMENT_BATCHES.labels(status="2xx").inc()
         metrics.SEGMENT_MESSAGES.inc(len(batch))
         return []
+
+    def split(self, destination: Destination, messages: list[dict[str, Any]], batch: list[int],
+              deadline: float, error: Exception) -> list[tuple[int, Exception]]:
+        """Post each half of a refused batch on its own (unless the round is out of time)."""
+        if time.monotonic() > deadline or self.stopping.is_set():
+            return [(index, error) for index in batch]
+        middle = len(batch) // 2
+        return (self.post_isolating(destination, messages, batch[:middle], deadline)
+                + self.post_isolating(destination, messages, batch[middle:], deadline))
 
     def log_dry_run(self, rows: list[Prepared]) -> None:
         """Dry-run: show each message that would have been sent."""
@@ -298,10 +441,13 @@ class Delivery:
             held=outcomes.held,
             retry=retry,
             next_attempt_at=self.clock() + self.backoff(retry, outcomes) if retry else None,
+            deferred={self.clock() + DEFER_SECONDS: outcomes.deferred,
+                      self.clock() + self.lookup_fallback(): outcomes.awaiting_lookup},
         )
         counts = {"delivered": len(outcomes.delivered), "dry_run": len(outcomes.dry_run),
                   "dead": len(outcomes.dead) + len(exhausted), "retried": len(retry),
-                  "held": sum(len(failures) for failures in outcomes.held.values())}
+                  "held": sum(len(failures) for failures in outcomes.held.values()),
+                  "deferred": len(outcomes.deferred) + len(outcomes.awaiting_lookup)}
         for outcome, number in counts.items():
             if number:
                 metrics.DELIVERIES.labels(outcome=outcome).inc(number)
@@ -321,6 +467,13 @@ class Delivery:
             else:
                 retry.append(failure)
         return exhausted, retry
+
+    def lookup_fallback(self) -> float:
+        """Seconds until a row waiting for a lookup is due even if nobody makes it due: the
+        longest a lookup takes (two tries), or none when this loop is stopping."""
+        if self.stopping.is_set():
+            return 0.0
+        return 2 * float(self.settings["DRIFT_TIMEOUT_SECONDS"]) + 1
 
     def backoff(self, retry: list[Failure], outcomes: Outcomes) -> float:
         """Exponential backoff with jitter under the ceiling; never sooner than Retry-After."""

@@ -48,6 +48,7 @@ class Credentials:
 
     access_token: str
     refresh: Callable[[], str] | None = None
+    renew_first: bool = False
 
 
 def make_session() -> requests.Session:
@@ -79,12 +80,17 @@ class DriftApi:
                                                                           CACHE_SECONDS)
         self._lock = threading.Lock()
 
+    def cached_conversation(self, org_id: int,
+                            conversation_id: int | str) -> dict[str, Any] | None:
+        """The conversation if a recent lookup fetched it, without a call."""
+        with self._lock:
+            return self._cache.get((org_id, str(conversation_id)))
+
     def conversation(self, org_id: int, conversation_id: int | str,
                      credentials: Credentials) -> dict[str, Any]:
         """``GET /conversations/{id}``'s ``data``; raises DriftApiError."""
         key = (org_id, str(conversation_id))
-        with self._lock:
-            cached = self._cache.get(key)
+        cached = self.cached_conversation(org_id, conversation_id)
         if cached is not None:
             return cached
         body = self._get(f"/conversations/{conversation_id}", "conversations", credentials)
@@ -121,7 +127,9 @@ class DriftApi:
 
     def _get(self, path: str, endpoint: str, credentials: Credentials) -> Any:
         token = credentials.access_token
-        for renewed in (False, True):
+        if credentials.renew_first and credentials.refresh:
+            token = credentials.refresh()
+        for renewed in (credentials.renew_first, True):
             response = self._request(path, endpoint, token)
             if response.status_code == 401 and credentials.refresh and not renewed:
                 token = credentials.refresh()

@@ -320,14 +320,15 @@ class AppRouting:
         return Destination(secrets.write_key, secrets.segment_host or US_HOST)
 
     def drift_credentials(self, org_id: int) -> Credentials | None:
-        """The org's access token, renewed first when it is about to expire."""
+        """The org's access token, and whether to renew it first (it is about to expire)."""
         secrets = self._secrets(org_id)
         token = secrets.access_token
         if not token:
             raise Held(NEEDS_REINSTALL, "no Drift token stored; re-install the app in the org")
-        if self.directory.expiring(secrets.token_expires_at):
-            token = self._renew(org_id, token)
-        return Credentials(token, refresh=functools.partial(self._renew, org_id, token))
+        # Renewal is a network call: the Drift client makes it where the lookup runs, off
+        # the delivery round (SPEC §5.8).
+        return Credentials(token, refresh=functools.partial(self._renew, org_id, token),
+                           renew_first=self.directory.expiring(secrets.token_expires_at))
 
     def readiness(self) -> dict[str, Any]:
         """How many orgs are installed, and which must re-install (for ``/readyz``)."""

@@ -6,31 +6,29 @@ import json
 from collections.abc import Sequence
 
 from flask import Flask
-from marshmallow import ValidationError
 
-from .envelope import read_envelope
+from .envelope import Rejected, read_envelope
+from .intake import take_in
 from .routing import Routing
 from .store import Store
-from .translators import TRANSLATORS, dedupe_key
 
 
 def retry_quarantined(app: Flask, ids: Sequence[int] | None = None) -> dict[str, int]:
-    """Validate quarantined payloads again; store those that pass. Counts by outcome."""
+    """Take quarantined payloads in again (intake.py); release those stored. Counts by
+    outcome: accepted, duplicate, still_invalid, or the error that refused one."""
     store: Store = app.extensions["store"]
     routing: Routing = app.extensions["routing"]
     outcome = {"accepted": 0, "duplicate": 0, "still_invalid": 0}
     for quarantine_id, payload, received_at in store.quarantined_payloads(ids):
-        envelope = read_envelope(json.loads(payload))
-        translator = TRANSLATORS[envelope.event_type]
         try:
-            data = translator.validate(envelope.data)
-        except ValidationError:
-            outcome["still_invalid"] += 1
+            taken = take_in(read_envelope(json.loads(payload)), store, routing,
+                            received_at=received_at, keep_invalid=False)
+        except Rejected as rejection:
+            error = str(rejection.body["error"])
+            key = "still_invalid" if error == "invalid_data" else error
+            outcome[key] = outcome.get(key, 0) + 1
             continue
-        key = dedupe_key(envelope.org_id, envelope.event_type, translator.identity(data))
-        stored = store.accept(envelope.org_id, envelope.event_type, key, payload,
-                              hold_reason=routing.route(envelope.org_id).hold,
-                              received_at=received_at)
-        store.release_quarantined(quarantine_id)
-        outcome["accepted" if stored is not None else "duplicate"] += 1
+        if taken.status in ("accepted", "duplicate"):
+            store.release_quarantined(quarantine_id)
+        outcome[taken.status] = outcome.get(taken.status, 0) + 1
     return outcome

@@ -18,13 +18,43 @@ from alembic.config import Config
 from sqlalchemy import and_, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError, StatementError
 
 from .commits import GroupCommit, WebhookInserter, WriteLock
 from .commits import StoreUnavailable as StoreUnavailable  # raised by Store's methods
-from .db import IS_DEAD, IS_FINISHED, IS_PENDING, leases, quarantine, webhooks
+from .commits import Unstorable as Unstorable  # raised by Store's methods
+from .db import (
+    IS_DEAD,
+    IS_FINISHED,
+    IS_PENDING,
+    dedupe_keys,
+    leases,
+    quarantine,
+    watermarks,
+    webhooks,
+)
 
 Clock = Callable[[], float]
+
+DEDUPE_HORIZON = "dedupe_horizon"
+# How long a process trusts the dedupe horizon it read. Keys are deleted only in the prune
+# after the one that announced the new horizon (PRUNE_EVERY_SECONDS later), so every
+# process has read it by then.
+HORIZON_CACHE_SECONDS = 60
+
+
+def storage_error(error: SQLAlchemyError) -> Exception:
+    """What a database error on a web-side write means: the values refused, or the store down.
+
+    Only the error's class is kept: its text may hold the statement's parameters.
+    """
+    original = getattr(error, "orig", None)
+    if isinstance(error, DataError | IntegrityError):
+        return Unstorable(type(original).__name__)
+    if isinstance(error, StatementError) and isinstance(original,
+                                                        ValueError | TypeError | OverflowError):
+        return Unstorable(type(original).__name__)  # the driver could not bind a value
+    return StoreUnavailable(type(original or error).__name__)
 
 
 @dataclass(slots=True)
@@ -67,6 +97,7 @@ class Store:
         self._write_lock = WriteLock.for_engine(engine)
         self._inserter = WebhookInserter(engine, self._write_lock)
         self._group_commit = GroupCommit(self._inserter.insert)
+        self._horizon: tuple[float, float] | None = None  # (value, read at)
 
     def close(self) -> None:
         """Return every connection (the inserter's kept one included)."""
@@ -105,16 +136,16 @@ class Store:
         event_type: str,
         dedupe_key: str,
         payload: str,
+        received_at: float,
         hold_reason: str | None = None,
-        received_at: float | None = None,
     ) -> int | None:
         """Store a webhook durably; its id, or None when this Drift event is already stored.
 
         Returns only after the commit. Concurrent calls share one commit (see GroupCommit).
+        Raises StoreUnavailable (try again later) or Unstorable (these values never fit).
         """
         now = self.clock()
-        row = (org_id, event_type, dedupe_key, payload,
-               now if received_at is None else received_at, now,
+        row = (org_id, event_type, dedupe_key, payload, received_at, now,
                "held" if hold_reason else "pending", hold_reason, 0, now)
         return self._group_commit.submit(row)
 
@@ -127,12 +158,12 @@ class Store:
                         org_id=org_id,
                         event_type=event_type,
                         payload=payload,
-                        errors=json.dumps(errors, sort_keys=True),
+                        errors=json.dumps(errors, sort_keys=True, default=str),
                         received_at=self.clock(),
                     )
                 )
-        except OperationalError as error:
-            raise StoreUnavailable(type(error.orig).__name__) from None
+        except SQLAlchemyError as error:
+            raise storage_error(error) from None
         assert result.inserted_primary_key is not None
         return int(result.inserted_primary_key[0])
 
@@ -194,6 +225,7 @@ class Store:
         held: Mapping[str, Iterable[Failure]] | None = None,
         retry: Iterable[Failure] = (),
         next_attempt_at: float | None = None,
+        deferred: Mapping[float, Iterable[Failure]] | None = None,
     ) -> int:
         """Write a delivery round's outcomes in one transaction (one fsync, not one per row).
 
@@ -213,6 +245,11 @@ class Store:
                                       "last_error": reason}))
         for reason, ids in by_reason(retry).items():
             changes.append((ids, {"next_attempt_at": next_attempt_at, "last_error": reason}))
+        for due_at, failures in (deferred or {}).items():
+            # Not tried, so the attempt counted at claim time is given back.
+            ids = [failure.id for failure in failures]
+            changes.append((ids, {"next_attempt_at": due_at,
+                                  "attempts": webhooks.c.attempts - 1}))
         changed = 0
         with self._writing() as connection:
             for ids, values in changes:
@@ -223,6 +260,16 @@ class Store:
                         .values(lease_owner=None, lease_expires_at=None, **values)
                     ).rowcount
         return changed
+
+    def make_due(self, ids: Sequence[int]) -> int:
+        """Make waiting rows due now (their Drift API lookup has ended)."""
+        statement = (
+            update(webhooks)
+            .where(webhooks.c.id.in_(ids), IS_PENDING, webhooks.c.lease_owner.is_(None))
+            .values(next_attempt_at=self.clock())
+        )
+        with self._writing() as connection:
+            return connection.execute(statement).rowcount
 
     def mark_delivered(self, owner: str, ids: Sequence[int]) -> int:
         """Segment answered 2xx for these rows' messages."""
@@ -342,6 +389,48 @@ class Store:
         statement = delete(webhooks).where(IS_FINISHED, webhooks.c.finished_at < delivered_before)
         with self._writing() as connection:
             return connection.execute(statement).rowcount
+
+    def dedupe_horizon(self) -> float:
+        """Epoch seconds before which events may have lost their dedupe keys (0: none have).
+
+        Read on every webhook, so cached for HORIZON_CACHE_SECONDS.
+        """
+        now = self.clock()
+        if self._horizon is not None and now - self._horizon[1] < HORIZON_CACHE_SECONDS:
+            return self._horizon[0]
+        with self.engine.connect() as connection:
+            value = connection.execute(
+                select(watermarks.c.value).where(watermarks.c.name == DEDUPE_HORIZON)
+            ).scalar()
+        self._horizon = (float(value or 0.0), now)
+        return self._horizon[0]
+
+    def prune_dedupe_keys(self, cutoff: float) -> int:
+        """Forget dedupe keys first seen before the horizon announced last time; announce
+        ``cutoff`` as the next horizon when keys older than it exist. Keys deleted.
+
+        Announcing first and deleting a prune later means every process refuses events
+        from before the horizon before their keys are gone (see HORIZON_CACHE_SECONDS).
+        """
+        with self._writing() as connection:
+            announced = connection.execute(
+                select(watermarks.c.value).where(watermarks.c.name == DEDUPE_HORIZON)
+            ).scalar()
+            deleted = 0
+            if announced:
+                deleted = connection.execute(
+                    delete(dedupe_keys).where(dedupe_keys.c.first_seen_at < announced)
+                ).rowcount
+            older = connection.execute(
+                select(dedupe_keys.c.digest).where(dedupe_keys.c.first_seen_at < cutoff).limit(1)
+            ).first()
+            if older is not None and cutoff > (announced or 0):
+                connection.execute(
+                    self._insert(watermarks)
+                    .values(name=DEDUPE_HORIZON, value=cutoff)
+                    .on_conflict_do_update(index_elements=["name"], set_={"value": cutoff})
+                )
+        return deleted
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead-lettered rows with their reasons."""

@@ -1,7 +1,8 @@
 """``POST /webhooks/drift``: receive → verify → validate → store, then answer.
 
-Checks run in the order SPEC §4 fixes: size (413), JSON (400), token (401), envelope (400),
-type (200 ignored), data schema (422). ``200 accepted`` is sent only after the commit.
+Checks run in the order SPEC §4 fixes: size (413), JSON (400, including JSON the store or
+Segment cannot carry), token (401), envelope (400), type (200 ignored), data schema (422).
+``200 accepted`` is sent only after the commit (intake.py).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from marshmallow import ValidationError
 
 from . import metrics
 from .envelope import Envelope, Rejected, parse_json, read_envelope
+from .intake import take_in
 from .routing import current_routing
-from .store import Store, StoreUnavailable
-from .translators import TRANSLATORS, dedupe_key
+from .store import Store
+from .translators import TRANSLATORS
 from .verification import token_is_valid
 
 blueprint = Blueprint("webhooks", __name__)
@@ -93,39 +94,9 @@ def check_token(document: Any) -> None:
 
 
 def store_webhook(envelope: Envelope) -> tuple[int, dict[str, Any], str]:
-    """Validate the event's data and store it; (status, JSON answer, metric outcome)."""
-    translator = TRANSLATORS.get(envelope.event_type)
-    if translator is None:
-        return 200, {"status": "ignored", "reason": "event type not relayed"}, "ignored"
-    route = current_routing().route(envelope.org_id)
-    if route.ignore:
-        return 200, {"status": "ignored", "reason": route.ignore}, "org_not_installed"
+    """Take the webhook in (intake.py); (status, JSON answer, metric outcome)."""
     store: Store = current_app.extensions["store"]
-    try:
-        data = translator.validate(envelope.data)
-    except ValidationError as error:
-        quarantine_id = save_to_quarantine(store, envelope, error)
-        raise Rejected(422, "invalid_data", f"data does not match the {envelope.event_type} "
-                       "schema; the payload is quarantined.", fields=error.messages,
-                       quarantineId=quarantine_id) from None
-    key = dedupe_key(envelope.org_id, envelope.event_type, translator.identity(data))
-    try:
-        stored_id = store.accept(envelope.org_id, envelope.event_type, key,
-                                 envelope.without_token(), hold_reason=route.hold)
-    except StoreUnavailable:
-        raise Rejected(503, "store_unavailable",
-                       "The webhook could not be stored; please retry.") from None
-    if stored_id is None:
-        return 200, {"status": "duplicate"}, "duplicate"
-    current_app.extensions["delivery_wakeup"].set()
-    return 200, {"status": "accepted", "id": stored_id}, "accepted"
-
-
-def save_to_quarantine(store: Store, envelope: Envelope, error: ValidationError) -> int:
-    """Keep the payload for a replay after a translator fix; 503 if it cannot be kept."""
-    try:
-        return store.quarantine(envelope.org_id, envelope.event_type, envelope.without_token(),
-                                error.messages)
-    except StoreUnavailable:
-        raise Rejected(503, "store_unavailable",
-                       "The webhook could not be stored; please retry.") from None
+    taken = take_in(envelope, store, current_routing(), received_at=store.clock())
+    if taken.status == "accepted":
+        current_app.extensions["delivery_wakeup"].set()
+    return 200, taken.answer(), taken.outcome or taken.status

@@ -87,6 +87,9 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
             "DRIFT_ACCESS_TOKEN": DRIFT_TOKEN,
             "DELIVERY_BACKOFF_SECONDS": 0.01,
             "DELIVERY_BACKOFF_MAX_SECONDS": 0.05,
+            # One run_round() finishes every lookup it starts, so tests can count rounds;
+            # tests of slow lookups set a short wait themselves.
+            "DELIVERY_LOOKUP_WAIT_SECONDS": 30,
         }
         settings.update(overrides)
         app = create_app(settings)

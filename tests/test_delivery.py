@@ -205,11 +205,34 @@ def test_rows_older_than_the_max_age_are_dead_lettered(make_app: AppFactory,
     assert segment.requests == 0
 
 
-def test_oversize_message_is_dead_lettered_and_the_loop_goes_on(app: Flask,
-                                                                segment: FakeSegment) -> None:
+def test_a_webhook_whose_message_would_be_over_32_kb_is_refused_at_the_door(
+        app: Flask) -> None:
     body = json.loads(fixture_body("button_clicked"))
-    body["data"]["body"] = "x" * 40_000
-    big = post(app, body)["id"]
+    body["data"]["body"] = "é" * 12_000  # 24 KB of UTF-8, 72 KB once JSON-escaped
+    answer = app.test_client().post("/webhooks/drift", json=body)
+    assert answer.status_code == 422
+    assert "32 KB" in json.dumps(answer.get_json())
+    assert answer.get_json()["quarantineId"]
+    assert app.extensions["store"].counts() == {}
+
+
+def test_a_large_webhook_under_the_limit_is_accepted(app: Flask, segment: FakeSegment) -> None:
+    body = json.loads(fixture_body("button_clicked"))
+    body["data"]["body"] = "x" * 30_000
+    assert post(app, body)["status"] == "accepted"
+    make_delivery(app).run_round()
+    assert len(segment.messages) == 1
+
+
+def test_oversize_message_from_the_drift_api_is_dead_lettered_and_the_loop_goes_on(
+        app: Flask, segment: FakeSegment, drift: responses.RequestsMock) -> None:
+    # Only the Drift API can make a message grow past what the door measured.
+    drift.get(f"{DRIFT_API_URL}/conversations/3969707702",
+              json={"data": {**conversation_answer()["data"],
+                             "participants": list(range(10**12, 10**12 + 3000))}})
+    big = post(app, webhook("conversation_push", {
+        "conversationId": 3969707702, "pushedAt": 1714421087350,
+        "source": "conversation_manual_push"}))["id"]
     post(app, conversations(1)[0])
     make_delivery(app).run_round()
     assert row(app, big)["state"] == "dead"

@@ -82,7 +82,8 @@ def test_metrics_count_webhooks_deliveries_latency_backlog_and_drift_calls(
     assert grew(prefix + "webhooks_total", type="other", outcome="ignored") == 1
     assert grew(prefix + "webhooks_total", type="none", outcome="unauthorized") == 1
     assert grew(prefix + "deliveries_total", outcome="delivered") == 2
-    assert grew(prefix + "segment_batches_total", status="2xx") == 1
+    # The row needing a lookup goes in a second batch unless its lookup had already ended.
+    assert grew(prefix + "segment_batches_total", status="2xx") in (1, 2)
     assert grew(prefix + "segment_messages_total") == 2
     assert grew(prefix + "delivery_latency_seconds_count") == 2
     assert grew(prefix + "drift_api_requests_total", endpoint="conversations",

@@ -19,6 +19,7 @@ from drift_segment_source.translators import (
     message_id,
     translate,
 )
+from drift_segment_source.translators.base import receipt_ms
 
 from .conftest import FIXTURES
 
@@ -206,7 +207,7 @@ def both_ways(event_type: str, raw: dict[str, Any]) -> tuple[Any, Any]:
         needed = translator.conversation_needed(data)
         calls = translate(translator, ORG, data, RECEIVED,
                           conversation if needed is not None else None)
-        results.append((list(translator.identity(data)), needed, calls))
+        results.append((list(translator.identity(data, receipt_ms(RECEIVED))), needed, calls))
     return results[0], results[1]
 
 

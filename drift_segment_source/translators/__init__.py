@@ -20,6 +20,7 @@ from . import (
 from .base import (
     EVENT_PREFIX,
     NeedsConversation,
+    NoContact,
     SegmentCall,
     Translator,
     dedupe_key,
@@ -47,6 +48,7 @@ __all__ = [
     "EVENT_PREFIX",
     "TRANSLATORS",
     "NeedsConversation",
+    "NoContact",
     "SegmentCall",
     "Translator",
     "dedupe_key",

@@ -21,7 +21,15 @@ EVENT_PREFIX = "Drift Source Event: "
 
 Data = dict[str, Any]
 Conversation = Mapping[str, Any]
+# (validated data, receipt time in epoch ms) → the values that identify the Drift event.
+Identity = Callable[[Data, int], Iterable[Any]]
+# Fields that hold when something happened, in epoch ms; the newest bounds how long ago the
+# event could first have reached us (the dedupe horizon, SPEC §5.10).
+TIME_FIELDS = ("changedAt", "createdAt", "pushedAt", "scheduledAt", "timestamp", "updatedAt")
 
+
+class NoContact(ValueError):
+    """A call would leave without a real Drift contact id (SPEC §5.8): it is never sent."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class Translator:
 
     event_type: str
     schema: Schema
-    identity: Callable[[Data], Iterable[Any]]
+    identity: Identity
     build: Callable[[Data, Conversation | None], list[Draft]]
     conversation_needed: Callable[[Data], int | str | None] = field(default=lambda data: None)
 
@@ -76,6 +84,29 @@ class Translator:
 
 class NeedsConversation(LookupError):
     """The event can only be translated with its Conversation from the Drift API."""
+
+
+def is_contact_id(value: Any) -> bool:
+    """A Drift contact id: a 64-bit non-negative integer or its digits, nothing else."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 <= value < 2**63
+    return (isinstance(value, str) and 0 < len(value) <= 19 and value.isascii()
+            and value.isdigit() and int(value) < 2**63)
+
+
+def newest_event_time(data: Mapping[str, Any]) -> int | None:
+    """The latest of the event's own times (epoch ms), or None when it carries none."""
+    times = [value for name in TIME_FIELDS
+             if isinstance(value := data.get(name), int) and not isinstance(value, bool)]
+    return max(times, default=None)
+
+
+def receipt_ms(received_at: datetime | float) -> int:
+    """The receipt time in epoch ms, as identities use it (the same on every delivery)."""
+    seconds = received_at.timestamp() if isinstance(received_at, datetime) else received_at
+    return int(round(seconds * 1000))
 
 
 def pick(source: Mapping[str, Any], names: Iterable[str]) -> Data:
@@ -126,9 +157,14 @@ def translate(
     """Turn validated ``data`` into Segment calls with ids, names and times."""
     if conversation is None and translator.conversation_needed(data) is not None:
         raise NeedsConversation(str(translator.conversation_needed(data)))
-    identity = list(translator.identity(data))
+    identity = list(translator.identity(data, receipt_ms(received_at)))
     calls = []
     for index, draft in enumerate(translator.build(data, conversation)):
+        # One check for every translator: a message for "None" would merge unrelated
+        # visitors into one Segment profile.
+        if not is_contact_id(draft.contact_id):
+            raise NoContact(f"{translator.event_type} has no Drift contact id to send as "
+                            f"anonymousId (got {draft.contact_id!r})")
         calls.append(
             SegmentCall(
                 kind=draft.kind,

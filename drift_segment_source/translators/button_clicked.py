@@ -61,7 +61,7 @@ def build(data: Data, conversation: Conversation | None) -> list[Draft]:
     return [Draft("track", data["author"]["id"], properties, data.get("createdAt"))]
 
 
-def identity(data: Data) -> list[object]:
+def identity(data: Data, received_ms: int) -> list[object]:
     # The Message id identifies the click; without it, its conversation, time and text do.
     if data.get("id") is not None:
         return [data["id"]]

@@ -14,7 +14,7 @@ from typing import Any
 from marshmallow import fields
 
 from .base import Conversation, Data, Draft, Translator
-from .fields import DriftId, DriftSchema, EventTime, Integer
+from .fields import AnyJson, DriftId, DriftSchema, EventTime, Integer
 
 ATTRIBUTE_PREFIX = "attributes."
 CHANGE_FIELDS = ("name", "previous", "updated")
@@ -22,8 +22,8 @@ CHANGE_FIELDS = ("name", "previous", "updated")
 
 class Change(DriftSchema):
     name = fields.String(required=True, validate=lambda name: bool(name.strip(". ")))
-    previous = fields.Raw(allow_none=True)
-    updated = fields.Raw(allow_none=True)
+    previous = AnyJson(allow_none=True)
+    updated = AnyJson(allow_none=True)
 
 
 class ContactUpdatedData(DriftSchema):
@@ -57,7 +57,7 @@ def build(data: Data, conversation: Conversation | None) -> list[Draft]:
     return [Draft("identify", data["endUserId"], traits, data.get("timestamp"))]
 
 
-def identity(data: Data) -> list[object]:
+def identity(data: Data, received_ms: int) -> list[object]:
     # Only the fields the schema keeps, so raw and validated data give the same identity.
     kept = [{key: change[key] for key in CHANGE_FIELDS if key in change}
             for change in data["diff"]]

@@ -48,10 +48,19 @@ def build(data: Data, conversation: Conversation | None) -> list[Draft]:
     return [Draft("track", properties["contactId"], properties, data.get("pushedAt"))]
 
 
+def identity(data: Data, received_ms: int) -> list[object]:
+    # A conversation is pushed many times (closed, synced, inactive): pushedAt tells the
+    # pushes apart. Without it only the receipt time can, so a Drift retry of such a
+    # webhook would count as a second push (Drift documents no retries).
+    pushed = data.get("pushedAt")
+    return [data["conversationId"], pushed if pushed is not None else received_ms,
+            data.get("source")]
+
+
 TRANSLATOR = Translator(
     event_type="conversation_push",
     schema=ConversationPushData(),
-    identity=lambda data: [data["conversationId"], data.get("pushedAt"), data.get("source")],
+    identity=identity,
     build=build,
     conversation_needed=conversation_needed,
 )

@@ -16,6 +16,24 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load
 # seconds: refused with a message saying so, not silently multiplied (SPEC §3).
 MIN_EPOCH_MS = 100_000_000_000
 MAX_EPOCH_MS = 9_999_999_999_999
+# Drift ids and counters are 64-bit; a larger number cannot be what Drift meant, and
+# Segment's API (float64 numbers) would refuse or mangle it (SPEC §4).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def fits_64_bits(value: Any) -> bool:
+    """Every integer in a JSON value is within the signed 64-bit range."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not INT64_MIN <= item <= INT64_MAX:
+                return False
+    return True
 
 
 class DriftSchema(Schema):
@@ -28,7 +46,10 @@ class DriftSchema(Schema):
 class DriftId(fields.Field[int | str]):
     """A Drift numeric id: a non-negative integer, or a string of digits, kept as sent."""
 
-    default_error_messages = {"invalid": "Not a valid Drift id (an integer or digit string)."}
+    default_error_messages = {
+        "invalid": "Not a valid Drift id (an integer or digit string).",
+        "too_large": "Too large for a 64-bit Drift id.",
+    }
 
     def _deserialize(
         self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
@@ -36,17 +57,30 @@ class DriftId(fields.Field[int | str]):
         if isinstance(value, bool):
             raise self.make_error("invalid")
         if isinstance(value, int) and value >= 0:
+            if value > INT64_MAX:
+                raise self.make_error("too_large")
             return value
         if isinstance(value, str) and value.isascii() and value.isdigit():
+            # Length first: int() of thousands of digits is slow (and refused past 4,300).
+            if len(value) > 19 or int(value) > INT64_MAX:
+                raise self.make_error("too_large")
             return value
         raise self.make_error("invalid")
 
 
 class Integer(fields.Integer):
-    """An integer as JSON has it: ``true`` and ``1.0`` are not integers."""
+    """A 64-bit integer as JSON has it: ``true`` and ``1.0`` are not integers."""
+
+    default_error_messages = {"too_large": "Outside the 64-bit integer range."}
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(strict=True, **kwargs)
+
+    def _validated(self, value: Any) -> int:
+        number = super()._validated(value)
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise self.make_error("too_large")
+        return number
 
 
 class Numeric(fields.Field[int | float]):
@@ -59,6 +93,21 @@ class Numeric(fields.Field[int | float]):
     ) -> int | float:
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             raise self.make_error("invalid")
+        if not fits_64_bits(value) or value in (float("inf"), float("-inf")):
+            raise self.make_error("invalid")
+        return value
+
+
+class AnyJson(fields.Raw):
+    """Any JSON value Segment can carry: integers within 64 bits (contact attributes)."""
+
+    default_error_messages = {"too_large": "Holds an integer outside the 64-bit range."}
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> Any:
+        if not fits_64_bits(value):
+            raise self.make_error("too_large")
         return value
 
 

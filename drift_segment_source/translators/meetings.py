@@ -52,10 +52,23 @@ def with_contact(data: Data) -> Data:
     return {**data, "contactId": contact_id(data)}
 
 
-def identity(data: Data) -> list[object]:
-    # One booking is one eventId; a reschedule changes the slot and scheduledAt.
-    return [data.get("eventId"), contact_id(data), data.get("eventType"), data.get("slotStart"),
-            data.get("scheduledAt")]
+def booking(data: Data) -> list[object]:
+    """What identifies the booking: its eventId, which a reschedule keeps (SPEC §5.10)."""
+    if data.get("eventId") is not None:
+        return [data["eventId"]]
+    return [contact_id(data), data.get("agentId"), data.get("scheduledAt")]
+
+
+def new_meeting_identity(data: Data, received_ms: int) -> list[object]:
+    # Never the slot times: a backfill reads the current slots of a since-rescheduled
+    # meeting, and must still match the booking delivered live.
+    return booking(data)
+
+
+def meeting_updated_identity(data: Data, received_ms: int) -> list[object]:
+    # Each change of a booking is its own event: updatedAt says when, else the new slot.
+    when = data.get("updatedAt") or data.get("slotStart")
+    return [*booking(data), data.get("eventType"), when]
 
 
 def meeting_translator(event_type: str, properties: tuple[str, ...]) -> Translator:
@@ -65,5 +78,6 @@ def meeting_translator(event_type: str, properties: tuple[str, ...]) -> Translat
         fields = pick(with_contact(data), properties)
         return [Draft("track", contact_id(data), fields, data.get("scheduledAt"))]
 
+    identity = new_meeting_identity if event_type == "new_meeting" else meeting_updated_identity
     return Translator(event_type=event_type, schema=MeetingData(), identity=identity,
                       build=build)

@@ -28,6 +28,6 @@ def build(data: Data, conversation: Conversation | None) -> list[Draft]:
 TRANSLATOR = Translator(
     event_type="new_conversation",
     schema=NewConversationData(),
-    identity=lambda data: [data["id"]],
+    identity=lambda data, received_ms: [data["id"]],
     build=build,
 )

@@ -38,8 +38,12 @@ def participant_translator(event_type: str, list_name: str) -> Translator:
     return Translator(
         event_type=event_type,
         schema=schema(),
-        identity=lambda data: [data["conversationId"], data.get("changedAt"),
-                               sorted(map(str, data.get(list_name) or []))],
+        identity=lambda data, received_ms: [
+            data["conversationId"],
+            # Without changedAt, the same agent joining twice is told apart by receipt time.
+            data["changedAt"] if data.get("changedAt") is not None else received_ms,
+            sorted(map(str, data.get(list_name) or [])),
+        ],
         build=build,
         conversation_needed=conversation_needed,
     )

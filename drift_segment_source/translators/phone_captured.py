@@ -10,7 +10,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validates_schema
 
-from .base import Conversation, Data, Draft, Translator
+from .base import Conversation, Data, Draft, NoContact, Translator
 from .fields import DriftId, DriftSchema
 
 
@@ -50,7 +50,8 @@ def build(data: Data, conversation: Conversation | None) -> list[Draft]:
     contact_id = direct_contact_id(data)
     if contact_id is None and conversation is not None:
         contact_id = conversation.get("contactId")
-    assert contact_id is not None, "translate() checks conversation_needed first"
+    if contact_id is None:
+        raise NoContact(f"conversation {data.get('conversationId')} has no contactId")
     traits = {"contactId": contact_id, "phone": data["phoneNumber"]}
     return [Draft("identify", contact_id, traits, None)]
 
@@ -58,8 +59,8 @@ def build(data: Data, conversation: Conversation | None) -> list[Draft]:
 TRANSLATOR = Translator(
     event_type="phone_captured",
     schema=PhoneCapturedData(),
-    identity=lambda data: [data.get("conversationId"), direct_contact_id(data),
-                           data["phoneNumber"]],
+    identity=lambda data, received_ms: [data.get("conversationId"), direct_contact_id(data),
+                                        data["phoneNumber"]],
     build=build,
     conversation_needed=conversation_needed,
 )

@@ -31,6 +31,7 @@ def build(data: Data, conversation: Conversation | None) -> list[Draft]:
 TRANSLATOR = Translator(
     event_type="playbook_goal_met",
     schema=PlaybookGoalMetData(),
-    identity=lambda data: [data["conversationId"], data.get("playbookId"), data.get("goalId")],
+    identity=lambda data, received_ms: [data["conversationId"], data.get("playbookId"),
+                                      data.get("goalId")],
     build=build,
 )

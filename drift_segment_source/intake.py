@@ -1,0 +1,161 @@
+"""The one way a webhook enters the store: route → validate → check → dedupe key → store.
+
+The webhook endpoint, ``quarantine retry`` and ``backfill`` all take webhooks in through
+:func:`take_in`, so each gets the same answers (SPEC §4), the same dedupe key and the same
+stored form. A webhook is accepted only if delivery can carry it to Segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from .envelope import Envelope, Rejected
+from .routing import Routing
+from .segment_out import MessageBuilder, MessageTooLarge
+from .store import Store, StoreUnavailable, Unstorable, storage_error
+from .translators import TRANSLATORS, Translator, dedupe_key, translate
+from .translators.base import newest_event_time, receipt_ms
+
+log = logging.getLogger("drift_segment_source.intake")
+
+# A Segment message holds only fields of the webhook's data, each at most three times its
+# UTF-8 size once JSON-escaped, plus about 1 KB of envelope: data up to this size always
+# fits Segment's 32 KB limit, so only larger webhooks are translated at the door to check.
+ALWAYS_FITS_BYTES = 10_000
+# Drift's clock and ours may disagree a little; the dedupe horizon keeps a day of margin.
+HORIZON_MARGIN_SECONDS = 86_400
+# Stands in for the Drift API's conversation when measuring a message at the door.
+STAND_IN_CONVERSATION = {"contactId": 0}
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What became of a webhook that was not refused: ``accepted`` (stored now),
+    ``duplicate`` (stored before) or ``ignored`` (not relayed, with the reason)."""
+
+    status: str
+    webhook_id: int | None = None
+    reason: str | None = None
+    outcome: str | None = None  # the metric's outcome label, when not ``status``
+
+    def answer(self) -> dict[str, Any]:
+        """The JSON answer (SPEC §4)."""
+        answer: dict[str, Any] = {"status": self.status}
+        if self.webhook_id is not None:
+            answer["id"] = self.webhook_id
+        if self.reason is not None:
+            answer["reason"] = self.reason
+        return answer
+
+
+class _Builder(threading.local):
+    """One Segment message builder per thread (the library's client is not shared)."""
+
+    def __init__(self) -> None:
+        self.builder = MessageBuilder()
+
+
+_builders = _Builder()
+
+
+def take_in(envelope: Envelope, store: Store, routing: Routing, *, received_at: float,
+            keep_invalid: bool = True) -> Taken:
+    """Store the webhook, or say why it is ignored.
+
+    Raises Rejected with the SPEC §4 answer for anything else: 422 (quarantined when
+    ``keep_invalid``), 400 when the store or Segment cannot carry it, 503 when the store is
+    down. ``received_at`` is the receipt time in epoch seconds, kept to the millisecond.
+    """
+    translator = TRANSLATORS.get(envelope.event_type)
+    if translator is None:
+        return Taken("ignored", reason="event type not relayed")
+    try:
+        return store_event(translator, envelope, store, routing, round(received_at, 3),
+                           keep_invalid)
+    except SQLAlchemyError as error:  # reading orgs or the horizon
+        raise storage_rejection(storage_error(error)) from None
+    except (StoreUnavailable, Unstorable) as error:
+        raise storage_rejection(error) from None
+
+
+def store_event(translator: Translator, envelope: Envelope, store: Store, routing: Routing,
+                received_at: float, keep_invalid: bool) -> Taken:
+    """take_in's steps for a relayed type; storage errors are the caller's to answer."""
+    route = routing.route(envelope.org_id)
+    if route.ignore:
+        return Taken("ignored", reason=route.ignore, outcome="org_not_installed")
+    try:
+        data = translator.validate(envelope.data)
+    except ValidationError as error:
+        invalid(store, envelope, error.messages, keep_invalid)
+    too_large = oversize(translator, envelope, data, received_at)
+    if too_large:
+        invalid(store, envelope, {"data": [too_large]}, keep_invalid)
+    check_horizon(store, data)
+    key = dedupe_key(envelope.org_id, envelope.event_type,
+                     translator.identity(data, receipt_ms(received_at)))
+    stored_id = store.accept(envelope.org_id, envelope.event_type, key,
+                             envelope.stored_payload, received_at=received_at,
+                             hold_reason=route.hold)
+    if stored_id is None:
+        return Taken("duplicate")
+    return Taken("accepted", stored_id)
+
+
+def storage_rejection(error: Exception) -> Rejected:
+    """The answer to a webhook the store could not take: 400 if it refused the values,
+    else 503 (the store is down; Drift may try again)."""
+    if isinstance(error, Unstorable):
+        return Rejected(400, "unstorable",
+                        f"The database refused this webhook's values ({error}).")
+    return Rejected(503, "store_unavailable", "The webhook could not be stored; please retry.")
+
+
+def invalid(store: Store, envelope: Envelope, errors: Any, keep: bool) -> Any:
+    """Rejected(422) with the field errors; the payload is quarantined when ``keep``."""
+    details: dict[str, Any] = {"fields": errors}
+    message = f"data does not match the {envelope.event_type} schema"
+    if keep:
+        details["quarantineId"] = store.quarantine(
+            envelope.org_id, envelope.event_type, envelope.stored_payload, errors)
+        message += "; the payload is quarantined."
+    raise Rejected(422, "invalid_data", message, **details)
+
+
+def oversize(translator: Translator, envelope: Envelope, data: dict[str, Any],
+             received_at: float) -> str | None:
+    """Why the webhook's messages would be over Segment's 32 KB limit, if they would be."""
+    payload = envelope.stored_payload
+    # At most 4 UTF-8 bytes a character: short text needs no encoding to know.
+    if len(payload) * 4 <= ALWAYS_FITS_BYTES or len(payload.encode()) <= ALWAYS_FITS_BYTES:
+        return None
+    conversation = (STAND_IN_CONVERSATION
+                    if translator.conversation_needed(data) is not None else None)
+    received = datetime.fromtimestamp(received_at, tz=UTC)
+    try:
+        for call in translate(translator, envelope.org_id, data, received, conversation):
+            _builders.builder.build(call)
+    except MessageTooLarge:
+        return "makes a Segment message over the 32 KB limit"
+    return None
+
+
+def check_horizon(store: Store, data: dict[str, Any]) -> None:
+    """Rejected(400) when the event happened before the dedupe keys kept (SPEC §5.10)."""
+    happened_ms = newest_event_time(data)
+    if happened_ms is None:
+        return
+    horizon = store.dedupe_horizon()
+    if horizon and happened_ms / 1000 < horizon + HORIZON_MARGIN_SECONDS:
+        raise Rejected(400, "beyond_dedupe_horizon",
+                       "The event happened before the oldest dedupe key kept "
+                       "(DEDUPE_RETENTION_DAYS), so it could be a copy of one already "
+                       "delivered; it is refused rather than sent twice.",
+                       horizon=horizon + HORIZON_MARGIN_SECONDS)
