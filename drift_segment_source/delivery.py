@@ -61,7 +61,6 @@ class Outcomes:
     dry_run: list[int] = field(default_factory=list)
     dead: list[Failure] = field(default_factory=list)
     retry: list[Failure] = field(default_factory=list)
-    retry_after: float | None = None
     attempts: dict[int, int] = field(default_factory=dict)
     held: dict[str, list[Failure]] = field(default_factory=lambda: defaultdict(list))
     # Rows not tried this round (the round ran out of time, the loop is stopping, no
@@ -76,8 +75,7 @@ class Outcomes:
         if isinstance(error, Held):
             self.held[error.reason].append(Failure(row.id, str(error)))
         elif isinstance(error, DriftApiError | SegmentError) and error.retryable:
-            self.retry.append(Failure(row.id, str(error)))
-            self.retry_after = max(self.retry_after or 0, error.retry_after or 0)
+            self.retry.append(Failure(row.id, str(error), error.retry_after))
         elif isinstance(error, DriftApiError | SegmentError | MessageTooLarge | NoContact):
             self.dead.append(Failure(row.id, str(error)))
         else:
@@ -400,13 +398,13 @@ class Delivery:
                                                           "messages": len(batch)})
             return [(index, error) for index in batch]
         except Exception as error:
-            # Not an answer from Segment: the library could not serialise or send one of
-            # these messages. Find which; the others go out.
+            # Nobody expected this (the transport should raise SegmentError): split the
+            # batch so the others go out, and retry the message that raises, never drop it.
             log.warning("posting a batch raised", extra={"error": repr(error)[:300],
                                                           "messages": len(batch)})
             if len(batch) > 1:
                 return self.split(destination, messages, batch, deadline, error)
-            return [(batch[0], error)]
+            return [(batch[0], SegmentError(None, f"posting raised {error!r}"[:300]))]
         metrics.SEGMENT_BATCHES.labels(status="2xx").inc()
         metrics.SEGMENT_MESSAGES.inc(len(batch))
         return []
@@ -439,8 +437,7 @@ class Delivery:
             dry_run=outcomes.dry_run,
             dead=outcomes.dead + exhausted,
             held=outcomes.held,
-            retry=retry,
-            next_attempt_at=self.clock() + self.backoff(retry, outcomes) if retry else None,
+            retry=self.schedule(retry, outcomes.attempts),
             deferred={self.clock() + DEFER_SECONDS: outcomes.deferred,
                       self.clock() + self.lookup_fallback(): outcomes.awaiting_lookup},
         )
@@ -475,10 +472,21 @@ class Delivery:
             return 0.0
         return 2 * float(self.settings["DRIFT_TIMEOUT_SECONDS"]) + 1
 
-    def backoff(self, retry: list[Failure], outcomes: Outcomes) -> float:
-        """Exponential backoff with jitter under the ceiling; never sooner than Retry-After."""
-        attempts = max((outcomes.attempts[failure.id] for failure in retry), default=1)
+    def schedule(self, retry: list[Failure], attempts: dict[int, int]
+                 ) -> dict[float, list[Failure]]:
+        """When each row is tried again: by its own attempts and Retry-After, so that one
+        row's long wait is never every row's (one jittered delay per group, one UPDATE)."""
+        groups: dict[tuple[int, float | None], list[Failure]] = defaultdict(list)
+        for failure in retry:
+            groups[(attempts[failure.id], failure.retry_after)].append(failure)
+        now = self.clock()
+        return {now + self.backoff(count, retry_after): failures
+                for (count, retry_after), failures in groups.items()}
+
+    def backoff(self, attempts: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter under the ceiling; not sooner than Retry-After,
+        which is itself capped by the ceiling (Drift's has no bound)."""
         base = float(self.settings["DELIVERY_BACKOFF_SECONDS"])
         ceiling = float(self.settings["DELIVERY_BACKOFF_MAX_SECONDS"])
         delay = random.uniform(base / 2, min(ceiling, base * 2 ** (attempts - 1)))
-        return max(min(ceiling, delay), outcomes.retry_after or 0)
+        return min(ceiling, max(delay, retry_after or 0))

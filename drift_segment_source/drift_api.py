@@ -163,5 +163,5 @@ class DriftApi:
             raise DriftApiError(status, response.reason or "", retryable=False)
         try:
             return response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise DriftApiError(status, "answer is not JSON", retryable=True) from None

@@ -26,7 +26,8 @@ INTEGRATION = {"name": "drift-segment-source", "version": __version__}
 # envelope, as the library's own consumer does (475,000 bytes).
 MAX_BATCH_BYTES = 475_000
 MAX_BATCH_MESSAGES = 2_500
-RETRYABLE_STATUSES = {408, 429} | set(range(500, 600))
+# 3xx: the host is a redirector or misconfigured proxy; the rows wait for the fix.
+RETRYABLE_STATUSES = {408, 429} | set(range(300, 400)) | set(range(500, 600))
 
 
 class MessageTooLarge(ValueError):
@@ -129,6 +130,10 @@ class HttpTransport:
                                retry_after) from None
         except requests.RequestException as error:
             raise SegmentError(None, type(error).__name__) from None
+        except (ValueError, RecursionError) as error:
+            # The library could not read Segment's answer (e.g. absurdly nested JSON):
+            # no confirmation, so the batch is tried again later.
+            raise SegmentError(None, f"unreadable answer: {type(error).__name__}") from None
 
 
 class FailingTransport:

@@ -72,10 +72,12 @@ class StoredWebhook:
 
 @dataclass(frozen=True)
 class Failure:
-    """A row that did not get delivered this time, and why."""
+    """A row that did not get delivered this time, and why (and, when the service that
+    failed said so, how many seconds to wait before trying again)."""
 
     id: int
     reason: str
+    retry_after: float | None = None
 
 
 def by_reason(failures: Iterable[Failure]) -> dict[str, list[int]]:
@@ -223,8 +225,7 @@ class Store:
         dry_run: Sequence[int] = (),
         dead: Iterable[Failure] = (),
         held: Mapping[str, Iterable[Failure]] | None = None,
-        retry: Iterable[Failure] = (),
-        next_attempt_at: float | None = None,
+        retry: Mapping[float, Iterable[Failure]] | None = None,
         deferred: Mapping[float, Iterable[Failure]] | None = None,
     ) -> int:
         """Write a delivery round's outcomes in one transaction (one fsync, not one per row).
@@ -243,8 +244,9 @@ class Store:
             for reason, ids in by_reason(failures).items():
                 changes.append((ids, {"state": "held", "hold_reason": hold_reason,
                                       "last_error": reason}))
-        for reason, ids in by_reason(retry).items():
-            changes.append((ids, {"next_attempt_at": next_attempt_at, "last_error": reason}))
+        for due_at, failures in (retry or {}).items():
+            for reason, ids in by_reason(failures).items():
+                changes.append((ids, {"next_attempt_at": due_at, "last_error": reason}))
         for due_at, failures in (deferred or {}).items():
             # Not tried, so the attempt counted at claim time is given back.
             ids = [failure.id for failure in failures]

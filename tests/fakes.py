@@ -36,6 +36,7 @@ class FakeSegment:
         self._retry_after: str | None = None
         self._refused: set[str] = set()
         self.delay = 0.0  # seconds to wait before answering a batch (slow Segment)
+        self.failure_body: bytes | None = None  # the raw body of failing answers (garbage)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,6 +49,8 @@ class FakeSegment:
                     time.sleep(fake.delay)
                 status, answer = fake._answer(self.path, self.headers, body)
                 payload = json.dumps(answer).encode()
+                if status != 200 and fake.failure_body is not None:
+                    payload = fake.failure_body
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -120,3 +123,61 @@ class FakeSegment:
             if scheme == "Basic":
                 keys.add(base64.b64decode(encoded).decode().rstrip(":"))
         return keys
+
+
+class FakeDriftApi:
+    """Drift's ``GET /conversations/{id}`` for a self-hosted token, on 127.0.0.1.
+
+    ``conversations`` holds the answers by id; ``delay`` makes a conversation answer late
+    (seconds); ``garbage`` makes it answer 200 with the given bytes. Unknown ids get 404.
+    """
+
+    def __init__(self) -> None:
+        self.conversations: dict[str, dict[str, Any]] = {}
+        self.delay: dict[str, float] = {}
+        self.garbage: dict[str, bytes] = {}
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                conversation_id = self.path.rsplit("/", 1)[-1]
+                with fake._lock:
+                    fake.calls.append(self.path)
+                    delay = fake.delay.get(conversation_id, 0.0)
+                    garbage = fake.garbage.get(conversation_id)
+                    found = fake.conversations.get(conversation_id)
+                if delay:
+                    time.sleep(delay)
+                status, payload = 200, garbage
+                if payload is None:
+                    status = 200 if found is not None else 404
+                    payload = json.dumps({"data": found} if found is not None
+                                         else {"error": "not_found"}).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    pass  # the client gave up waiting (timeout)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeDriftApi:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -21,7 +21,8 @@ CHANGE_FIELDS = ("name", "previous", "updated")
 
 
 class Change(DriftSchema):
-    name = fields.String(required=True, validate=lambda name: bool(name.strip(". ")))
+    # A name that leaves no trait (``attributes.``, ``..``) cannot be sent.
+    name = fields.String(required=True, validate=lambda name: bool(trait_path(name)))
     previous = AnyJson(allow_none=True)
     updated = AnyJson(allow_none=True)
 

@@ -51,7 +51,8 @@ def build(data: Data, conversation: Conversation | None) -> list[Draft]:
     if contact_id is None and conversation is not None:
         contact_id = conversation.get("contactId")
     if contact_id is None:
-        raise NoContact(f"conversation {data.get('conversationId')} has no contactId")
+        raise NoContact(f"conversation {data.get('conversationId')} has no contactId, so "
+                        "there is no Drift contact id to send as anonymousId")
     traits = {"contactId": contact_id, "phone": data["phoneNumber"]}
     return [Draft("identify", contact_id, traits, None)]
 

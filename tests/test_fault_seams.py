@@ -1,0 +1,250 @@
+"""Failure stays with its row (SPEC §5.8): a fault injected at each seam of delivery (a
+translator, the Drift API, Segment, the transport) affects only the row it belongs to; the
+others are delivered in the same round, and the round ends well inside its lease."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from drift_segment_source.app import make_delivery
+from drift_segment_source.delivery import Delivery
+from drift_segment_source.segment_out import HttpTransport
+from drift_segment_source.translators import TRANSLATORS
+
+from .conftest import AppFactory, webhook
+from .fakes import FakeDriftApi, FakeSegment
+
+CONVERSATION = "3969707702"
+GOOD = 30
+
+
+@pytest.fixture
+def drift() -> Iterator[FakeDriftApi]:
+    with FakeDriftApi() as fake:
+        fake.conversations[CONVERSATION] = {"id": int(CONVERSATION), "contactId": 21760538950,
+                                            "createdAt": 1714419312425, "inboxId": 642330,
+                                            "status": "open", "updatedAt": 1714419467246}
+        yield fake
+
+
+@pytest.fixture
+def app(make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> Flask:
+    return make_app(SEGMENT_HOST=segment.url, DRIFT_API_URL=drift.url,
+                    DRIFT_TIMEOUT_SECONDS=5, DELIVERY_LOOKUP_WAIT_SECONDS=0.2,
+                    DELIVERY_BACKOFF_SECONDS=0.01, DELIVERY_BACKOFF_MAX_SECONDS=0.05)
+
+
+def post(app: Flask, body: dict[str, Any]) -> int:
+    answer = app.test_client().post("/webhooks/drift", json=body)
+    assert answer.status_code == 200, answer.get_json()
+    webhook_id: int = answer.get_json()["id"]
+    return webhook_id
+
+
+def post_good(app: Flask, count: int = GOOD) -> list[int]:
+    """Webhooks that need no lookup and have nothing wrong with them."""
+    return [post(app, webhook("new_conversation", {"id": 100 + n, "contactId": 5000 + n,
+                                                   "createdAt": 1714419312425 + n}))
+            for n in range(count)]
+
+
+def participant(conversation_id: str = CONVERSATION) -> dict[str, Any]:
+    return webhook("conversation_participant_added", {
+        "conversationId": int(conversation_id), "changedAt": 1714422673598,
+        "addedParticipants": [2322756]})
+
+
+def row(app: Flask, webhook_id: int) -> dict[str, Any]:
+    with app.extensions["store"].engine.connect() as connection:
+        found = connection.exec_driver_sql(
+            f"SELECT * FROM webhooks WHERE id = {int(webhook_id)}").mappings().one()
+    return dict(found)
+
+
+def delivered_ids(app: Flask, ids: list[int]) -> set[int]:
+    return {webhook_id for webhook_id in ids if row(app, webhook_id)["state"] == "delivered"}
+
+
+def timed_round(delivery: Delivery) -> float:
+    started = time.monotonic()
+    delivery.run_round()
+    return time.monotonic() - started
+
+
+def test_a_translator_that_raises_dead_letters_only_its_row(
+        app: Flask, segment: FakeSegment, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = TRANSLATORS["playbook_goal_met"]
+
+    def build(data: dict[str, Any], conversation: Any) -> Any:
+        if data.get("goalName") == "explode":
+            raise ZeroDivisionError("a translator bug")
+        return original.build(data, conversation)
+
+    monkeypatch.setitem(TRANSLATORS, "playbook_goal_met", dataclasses.replace(original,
+                                                                              build=build))
+    good = post_good(app)
+    bad = post(app, webhook("playbook_goal_met", {"conversationId": 1, "contactId": 2,
+                                                  "goalId": "g", "goalName": "explode"}))
+    make_delivery(app).run_round()
+    assert delivered_ids(app, good) == set(good)
+    assert row(app, bad)["state"] == "dead"
+    assert "ZeroDivisionError" in row(app, bad)["last_error"]
+    assert len(segment.messages) == GOOD
+
+
+@pytest.mark.parametrize("event", ["phone_captured", "conversation_participant_added"])
+def test_a_conversation_without_a_contact_dead_letters_its_row_and_sends_no_none(
+        app: Flask, segment: FakeSegment, drift: FakeDriftApi, event: str) -> None:
+    drift.conversations["777"] = {"id": 777, "status": "open"}  # no contactId
+    body = (webhook("phone_captured", {"conversationId": 777, "authorType": "user",
+                                       "authorId": 9, "phoneNumber": "+1 555 0100"})
+            if event == "phone_captured" else participant("777"))
+    bad = post(app, body)
+    good = post_good(app)
+    make_delivery(app).run_round()
+    assert delivered_ids(app, good) == set(good)
+    assert row(app, bad)["state"] == "dead"
+    assert "no Drift contact id" in row(app, bad)["last_error"]
+    anonymous_ids = {message["anonymousId"] for message in segment.messages}
+    assert not anonymous_ids & {"None", "null", ""}
+
+
+def test_a_hanging_drift_api_delays_only_the_rows_that_need_it(
+        app: Flask, segment: FakeSegment, drift: FakeDriftApi) -> None:
+    drift.delay[CONVERSATION] = 3.0
+    slow = post(app, participant())
+    good = post_good(app)
+    delivery = make_delivery(app)
+    took = timed_round(delivery)
+    assert took < 1.5, "the round waited for the hanging lookup"
+    assert delivered_ids(app, good) == set(good)
+    waiting = row(app, slow)
+    assert waiting["state"] == "pending" and waiting["lease_owner"] is None
+    assert waiting["attempts"] == 0, "waiting for a lookup spends no attempt"
+    # When the lookup ends the row is due at once, not after a backoff.
+    assert delivery.wakeup.wait(10)
+    delivery.run_round()
+    assert row(app, slow)["state"] == "delivered"
+    assert drift.calls.count(f"/conversations/{CONVERSATION}") == 1
+
+
+def test_a_lookup_slower_than_its_timeout_is_retried_and_others_go_on(
+        make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> None:
+    app = make_app(SEGMENT_HOST=segment.url, DRIFT_API_URL=drift.url,
+                   DRIFT_TIMEOUT_SECONDS=0.5, DELIVERY_LOOKUP_WAIT_SECONDS=0.1)
+    drift.delay[CONVERSATION] = 2.0
+    slow = post(app, participant())
+    good = post_good(app)
+    delivery = make_delivery(app)
+    delivery.run_round()
+    assert delivered_ids(app, good) == set(good)
+    assert delivery.wakeup.wait(10)
+    delivery.run_round()
+    assert row(app, slow)["state"] == "pending"
+    assert "network error" in row(app, slow)["last_error"]
+    assert row(app, slow)["attempts"] == 1
+
+
+@pytest.mark.parametrize("garbage", [b"not json", b"[" * 5000 + b"]" * 5000,
+                                     b'{"data": "a string"}', b"[1, 2]"])
+def test_a_garbage_drift_answer_retries_only_that_row(
+        app: Flask, segment: FakeSegment, drift: FakeDriftApi, garbage: bytes) -> None:
+    drift.garbage[CONVERSATION] = garbage
+    bad = post(app, participant())
+    good = post_good(app)
+    delivery = make_delivery(app)
+    delivery.run_round()
+    if row(app, bad)["attempts"] == 0:  # the lookup outlived the round's short wait
+        assert delivery.wakeup.wait(10)
+        delivery.run_round()
+    assert delivered_ids(app, good) == set(good)
+    failed = row(app, bad)
+    assert failed["state"] == "pending" and failed["lease_owner"] is None
+    assert failed["last_error"]
+
+
+def test_a_garbage_segment_answer_is_retried_without_freezing_the_round(
+        app: Flask, segment: FakeSegment) -> None:
+    good = post_good(app)
+    segment.failure_body = b"[" * 5000 + b"]" * 5000  # JSON the library cannot read
+    segment.fail_next(1, 503)
+    delivery = make_delivery(app)
+    delivery.run_round()
+    assert {row(app, webhook_id)["state"] for webhook_id in good} == {"pending"}
+    assert all(row(app, webhook_id)["lease_owner"] is None for webhook_id in good)
+    assert "unreadable answer" in row(app, good[0])["last_error"]
+    time.sleep(0.1)
+    delivery.run_round()
+    assert delivered_ids(app, good) == set(good)
+
+
+def test_a_hanging_segment_ends_the_round_inside_its_lease(
+        make_app: AppFactory, segment: FakeSegment) -> None:
+    app = make_app(SEGMENT_HOST=segment.url, SEGMENT_TIMEOUT_SECONDS=1,
+                   DELIVERY_LEASE_SECONDS=6, DELIVERY_BATCH_SIZE=40)
+    good = post_good(app, 40)
+    segment.delay = 3.0
+    delivery = make_delivery(app)
+    took = timed_round(delivery)
+    assert took < 6, "the round outlived its lease"
+    assert {row(app, webhook_id)["state"] for webhook_id in good} == {"pending"}
+    assert all(row(app, webhook_id)["lease_owner"] is None for webhook_id in good)
+    segment.delay = 0
+    time.sleep(0.1)
+    delivery.run_round()
+    assert delivered_ids(app, good) == set(good)
+
+
+class ExplodingTransport(HttpTransport):
+    """Raises what no transport should for any batch holding one message."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__(timeout=5)
+        self.poison = poison
+
+    def post(self, write_key: str, host: str, batch: list[dict[str, Any]]) -> None:
+        if any(message["properties"].get("status") == self.poison for message in batch):
+            raise TypeError("a bug in the transport")
+        super().post(write_key, host, batch)
+
+
+def test_a_transport_that_raises_unexpectedly_holds_back_only_the_message_at_fault(
+        make_app: AppFactory, segment: FakeSegment) -> None:
+    app = make_app(SEGMENT_HOST=segment.url, TRANSPORT=ExplodingTransport("poison"))
+    good = post_good(app)
+    bad = post(app, webhook("new_conversation", {"id": 1, "contactId": 2, "status": "poison"}))
+    make_delivery(app).run_round()
+    assert delivered_ids(app, good) == set(good)
+    failed = row(app, bad)
+    assert failed["state"] == "pending", "an unexplained failure is retried, never dropped"
+    assert "TypeError" in failed["last_error"]
+
+
+def test_one_rows_retry_after_is_not_every_rows_and_is_capped(
+        make_app: AppFactory, segment: FakeSegment) -> None:
+    app = make_app(SEGMENT_HOST=segment.url, DELIVERY_BACKOFF_SECONDS=1,
+                   DELIVERY_BACKOFF_MAX_SECONDS=60)
+    good = post_good(app, 5)
+    segment.fail_next(1, 429, retry_after="300")
+    make_delivery(app).run_round()
+    assert {row(app, webhook_id)["state"] for webhook_id in good} == {"pending"}
+    waits = [row(app, webhook_id)["next_attempt_at"] - time.time() for webhook_id in good]
+    assert max(waits) <= 60, "Retry-After is capped by DELIVERY_BACKOFF_MAX_SECONDS"
+    assert min(waits) >= 50
+
+
+def test_failures_are_logged_without_bodies(app: Flask, segment: FakeSegment,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    post(app, webhook("new_conversation", {"id": 1, "contactId": 2,
+                                           "status": "secret-body-text"}))
+    segment.fail_next(1, 500)
+    make_delivery(app).run_round()
+    assert "secret-body-text" not in json.dumps([record.__dict__ for record in caplog.records],
+                                                default=str)
