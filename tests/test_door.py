@@ -33,8 +33,9 @@ def raw_post(app: Flask, text: str) -> tuple[int, dict[str, Any]]:
 def conversation(extra: str = "", conversation_id: int = 3969707702,
                  contact: str = str(CONTACT)) -> str:
     """A new_conversation body with ``extra`` spliced into its data, as raw JSON."""
-    return ('{"type":"new_conversation","orgId":5000883,"data":{"id":%d,"contactId":%s,'
-            '"createdAt":1714419312425,"status":"open"%s}}' % (conversation_id, contact, extra))
+    return ('{"type":"new_conversation","orgId":5000883,"data":{"id":' + str(conversation_id)
+            + ',"contactId":' + contact + ',"createdAt":1714419312425,"status":"open"' + extra
+            + "}}")
 
 
 def stored(app: Flask) -> int:
@@ -111,13 +112,13 @@ def test_an_id_too_large_for_64_bits_is_a_422_naming_the_field(app: Flask,
 
 def test_a_contact_attribute_too_large_for_64_bits_is_a_422(app: Flask) -> None:
     text = ('{"type":"contact_updated","orgId":5000883,"data":{"endUserId":1,'
-            '"timestamp":1714419380512,"diff":[{"name":"attributes.score","updated":%d}]}}'
-            % 2**70)
+            '"timestamp":1714419380512,"diff":[{"name":"attributes.score","updated":'
+            + str(2**70) + "}]}}")
     status, body = raw_post(app, text)
     assert status == 422
     assert "64-bit" in json.dumps(body["fields"])
 
 
 def test_huge_and_negative_numbers_in_fields_nobody_reads_are_carried(app: Flask) -> None:
-    status, body = raw_post(app, conversation(',"x":%d,"y":-%d,"z":1e308' % (2**80, 2**80)))
+    status, body = raw_post(app, conversation(f',"x":{2**80},"y":-{2**80},"z":1e308'))
     assert (status, body["status"]) == (200, "accepted")
