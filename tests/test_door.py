@@ -122,3 +122,14 @@ def test_a_contact_attribute_too_large_for_64_bits_is_a_422(app: Flask) -> None:
 def test_huge_and_negative_numbers_in_fields_nobody_reads_are_carried(app: Flask) -> None:
     status, body = raw_post(app, conversation(f',"x":{2**80},"y":-{2**80},"z":1e308'))
     assert (status, body["status"]) == (200, "accepted")
+
+
+@pytest.mark.parametrize("name", ["attributes.", "..", "attributes..", ""])
+def test_a_contact_change_that_names_no_attribute_is_a_422(app: Flask, name: str) -> None:
+    body = {"type": "contact_updated", "orgId": 5000883,
+            "data": {"endUserId": 1, "timestamp": 1714419380512,
+                     "diff": [{"name": name, "updated": "x"},
+                              {"name": "attributes.plan", "updated": "pro"}]}}
+    status, answer = raw_post(app, json.dumps(body))
+    assert status == 422
+    assert "diff" in answer["fields"]

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from marshmallow import fields
+from marshmallow import ValidationError, fields
 
 from .base import Conversation, Data, Draft, Translator
 from .fields import AnyJson, DriftId, DriftSchema, EventTime, Integer
@@ -20,9 +20,15 @@ ATTRIBUTE_PREFIX = "attributes."
 CHANGE_FIELDS = ("name", "previous", "updated")
 
 
+def names_a_trait(name: str) -> None:
+    """A name that leaves no trait (``attributes.``, ``..``) cannot be sent."""
+    if not trait_path(name):
+        raise ValidationError("names no attribute")
+
+
 class Change(DriftSchema):
-    # A name that leaves no trait (``attributes.``, ``..``) cannot be sent.
-    name = fields.String(required=True, validate=lambda name: bool(trait_path(name)))
+    # marshmallow 4 ignores a validator's return value: it must raise.
+    name = fields.String(required=True, validate=names_a_trait)
     previous = AnyJson(allow_none=True)
     updated = AnyJson(allow_none=True)
 
