@@ -47,9 +47,10 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
         app.extensions["routing"] = SelfHostedRouting(settings)
     app.extensions["delivery_wakeup"] = threading.Event()
 
-    from . import health, oauth, pages, status, webhooks
+    from . import client_script, health, oauth, pages, status, webhooks
 
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(client_script.blueprint)
     app.register_blueprint(health.blueprint)
     pages.init_app(app)
     app.register_blueprint(status.blueprint)
