@@ -133,3 +133,26 @@ def test_a_contact_change_that_names_no_attribute_is_a_422(app: Flask, name: str
     status, answer = raw_post(app, json.dumps(body))
     assert status == 422
     assert "diff" in answer["fields"]
+
+
+def test_database_errors_never_carry_a_body_into_answers_or_logs(
+        tmp_path: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    from sqlalchemy import text
+
+    from drift_segment_source import create_app
+    from drift_segment_source.db import make_engine
+
+    # Not migrated: every write fails, with the statement's parameters at hand.
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+                      "DRIFT_VERIFICATION_TOKEN": TOKEN})
+    secret = "body-text-that-must-not-leak"
+    status, body = raw_post(app, conversation(f',"note":"{secret}"'))
+    invalid_status, _ = raw_post(app, conversation(contact='"' + secret + '"'))
+    assert (status, invalid_status) == (503, 503)
+    assert secret not in json.dumps(body)
+    assert secret not in capfd.readouterr().err
+    engine = make_engine(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    with pytest.raises(Exception) as raised, engine.connect() as connection:
+        connection.execute(text("INSERT INTO nowhere VALUES (:value)"), {"value": secret})
+    assert secret not in str(raised.value)
+    engine.dispose()
