@@ -34,7 +34,7 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     app.config["SECRET_KEY"] = settings.get("SECRET_KEY")
 
     logs.configure(settings["LOG_LEVEL"])
-    logs.REDACTOR.add(config.secret_values(settings))
+    logs.REDACTOR.add_configured(config.secret_values(settings))
 
     database_url = settings.get("DATABASE_URL") or default_database_url(app.instance_path)
     app.config["DATABASE_URL"] = database_url
