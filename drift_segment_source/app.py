@@ -6,9 +6,11 @@ import logging
 import threading
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config, logs
 from .db import default_database_url, make_engine
@@ -22,6 +24,9 @@ from .store import Store
 
 log = logging.getLogger("drift_segment_source.app")
 
+# The only hosts where app mode may run over plain http: a developer's own machine.
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
 
 def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     """Build the WSGI app; ``config_overrides`` replace environment settings (tests)."""
@@ -32,6 +37,8 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     if config.app_mode(settings) and not settings.get("SECRET_KEY"):
         raise config.ConfigError("app mode (DRIFT_CLIENT_ID/SECRET set) requires SECRET_KEY")
     app.config["SECRET_KEY"] = settings.get("SECRET_KEY")
+    check_public_url(settings)
+    trust_proxies(app, settings["TRUSTED_PROXIES"])
 
     logs.configure(settings["LOG_LEVEL"])
     logs.REDACTOR.add_configured(config.secret_values(settings))
@@ -64,6 +71,34 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     for problem in problems:
         log.warning("configuration incomplete: %s", problem)
     return app
+
+
+def check_public_url(settings: dict[str, Any]) -> None:
+    """App mode sends OAuth codes and the session cookie to PUBLIC_URL: https unless local."""
+    public_url = settings.get("PUBLIC_URL")
+    if not public_url or not config.app_mode(settings):
+        return
+    parts = urlsplit(str(public_url))
+    if parts.hostname and (parts.scheme == "https"
+                           or (parts.scheme == "http" and parts.hostname in LOCAL_HOSTS)):
+        return
+    raise config.ConfigError(
+        f"PUBLIC_URL must be an https URL in app mode, got {public_url!r}: Drift sends the "
+        "OAuth code there and the session cookie travels with it. Only localhost and "
+        "127.0.0.1 may use http.")
+
+
+def trust_proxies(app: Flask, proxies: int) -> None:
+    """Read the client's scheme, host and address from the headers of ``proxies`` proxies."""
+    if proxies < 0:
+        raise config.ConfigError(f"TRUSTED_PROXIES must be 0 or more, got {proxies}")
+    if proxies:
+        # Heroku's router ends TLS and forwards plain http: without this, redirect URLs
+        # built from the request would say http and the session cookie would not be Secure.
+        # Each proxy appends to X-Forwarded-*; only the last `proxies` entries are theirs,
+        # anything before them came from the client and is not believed.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies, x_port=proxies)
 
 
 def make_delivery(app: Flask) -> Delivery:

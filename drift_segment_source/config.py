@@ -55,6 +55,8 @@ SETTINGS: tuple[Setting, ...] = (
             secret=True),
     Setting("SEGMENT_HOST", "https://api.segment.io",
             "Segment API base URL (EU workspaces: https://events.eu1.segmentapis.com)."),
+    Setting("SEGMENT_EU_HOST", "https://events.eu1.segmentapis.com",
+            "App mode: Segment API base URL of orgs whose workspace is in the EU region."),
     Setting("DRIFT_VERIFICATION_TOKEN", (),
             "Verification token(s) of the Drift app, comma-separated during rotation.",
             parse=_token_list, secret=True, required_in="all modes"),
@@ -69,6 +71,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Where an org admin is sent after saving the write key (app mode)."),
     Setting("PUBLIC_URL", None,
             "The service's public base URL, for the OAuth redirect; derived from the request."),
+    Setting("TRUSTED_PROXIES", 1,
+            "Proxies in front (Heroku's router: 1) whose X-Forwarded-Proto/Host/For are "
+            "trusted; 0 when clients reach gunicorn directly.", parse=_integer),
     Setting("DATABASE_URL", None,
             "sqlite:///path or postgres://...; unset means a SQLite file in the instance folder.",
             secret=True),

@@ -15,7 +15,17 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Flask, current_app, redirect, request, session, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    has_request_context,
+    redirect,
+    request,
+    session,
+    url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
@@ -47,8 +57,20 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=public_url.startswith("https://"),
     )
+    app.session_interface = SessionCookies()
     app.register_blueprint(blueprint)
     app.register_blueprint(write_key_blueprint)
+
+
+class SessionCookies(SecureCookieSessionInterface):
+    """Flask's signed session cookie, ``Secure`` whenever the browser came over https."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure with an https PUBLIC_URL, or when this request was https (the scheme a
+        trusted proxy reports, when PUBLIC_URL is unset and the URL comes from the request)."""
+        if super().get_cookie_secure(app):
+            return True
+        return has_request_context() and request.is_secure
 
 
 def app_routing() -> AppRouting:

@@ -11,7 +11,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,11 @@ from .store import Store
 log = logging.getLogger("drift_segment_source.orgs")
 
 ACTIVE = "active"
-US_HOST = "https://api.segment.io"
+# Segment's regions, each by the public host Segment gives it. An org's row stores that host
+# as the name of its region (rows saved before hosts were settings hold the same values);
+# delivery sends to the host the operator configured for the region (SEGMENT_HOST,
+# SEGMENT_EU_HOST), so a proxy or a compatible collector can stand in for every org at once.
+REGION_HOSTS = {"us": "https://api.segment.io", "eu": "https://events.eu1.segmentapis.com"}
 # Access tokens last about two hours; renew a little early so a lookup never races expiry.
 REFRESH_MARGIN_SECONDS = 300
 # How long a process trusts what it read about an org. Short, because another process
@@ -58,6 +62,7 @@ class Org:
     has_access_token: bool
     has_refresh_token: bool
     has_write_key: bool
+    segment_region: str | None
     segment_host: str | None
 
     @property
@@ -82,11 +87,12 @@ class OrgDirectory:
     """Reads and writes of the ``orgs`` table; secrets are sealed before they are stored."""
 
     def __init__(self, engine: Engine, box: SecretBox, store: Store,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time, hosts: Mapping[str, str] = REGION_HOSTS) -> None:
         self.engine = engine
         self.box = box
         self.store = store
         self.clock = clock
+        self.hosts = dict(hosts)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._orgs: TTLCache[int, Org] = TTLCache(CACHE_SIZE, CACHE_SECONDS)
         self._secrets: TTLCache[int, OrgSecrets] = TTLCache(CACHE_SIZE, CACHE_SECONDS)
@@ -105,7 +111,7 @@ class OrgDirectory:
         row = self._row(org_id)
         if row is None:
             return None
-        org = as_org(row)
+        org = self.as_org(row)
         if org.ready:
             # Only a ready org is cached: a fresh install or write key must count at once.
             with self._lock:
@@ -124,7 +130,7 @@ class OrgDirectory:
         """Every installed org, in id order."""
         with self.engine.connect() as connection:
             rows = connection.execute(select(orgs).order_by(orgs.c.org_id)).all()
-        return [as_org(row) for row in rows]
+        return [self.as_org(row) for row in rows]
 
     def secrets(self, org_id: int) -> OrgSecrets | None:
         """The org's decrypted credentials (SecretUnreadable if SECRET_KEY changed)."""
@@ -141,7 +147,7 @@ class OrgDirectory:
             refresh_token=self._open(row.refresh_token),
             token_expires_at=row.token_expires_at,
             write_key=self._open(row.write_key),
-            segment_host=row.segment_host,
+            segment_host=self.host_of(row.segment_host),
         )
         with self._lock:
             self._secrets[org_id] = found
@@ -181,12 +187,12 @@ class OrgDirectory:
         # Rows held while the org needed a re-install can go now (or wait for a write key).
         self.store.release_held(NEEDS_REINSTALL, org_id)
 
-    def save_write_key(self, org_id: int, write_key: str, segment_host: str) -> None:
-        """Store the org's Segment write key and host, and release its held webhooks."""
+    def save_write_key(self, org_id: int, write_key: str, region: str) -> None:
+        """Store the org's Segment write key and region, and release its held webhooks."""
         with self.engine.begin() as connection:
             connection.execute(
                 update(orgs).where(orgs.c.org_id == org_id).values(
-                    write_key=self._seal(write_key), segment_host=segment_host,
+                    write_key=self._seal(write_key), segment_host=REGION_HOSTS[region],
                     updated_at=self.clock())
             )
         self.changed(org_id)
@@ -248,6 +254,27 @@ class OrgDirectory:
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def host_of(self, stored: str | None) -> str | None:
+        """Where messages of an org whose row holds ``stored`` go: its region's configured host."""
+        region = region_of(stored)
+        # A host that names no region (set by hand) is kept as it is.
+        return self.hosts[region] if region is not None else stored
+
+    def as_org(self, row: Row[Any]) -> Org:
+        """An Org from a row of ``orgs``."""
+        return Org(
+            org_id=int(row.org_id),
+            status=row.status,
+            installed_at=row.installed_at,
+            updated_at=row.updated_at,
+            token_expires_at=row.token_expires_at,
+            has_access_token=row.access_token is not None,
+            has_refresh_token=row.refresh_token is not None,
+            has_write_key=row.write_key is not None,
+            segment_region=region_of(row.segment_host),
+            segment_host=self.host_of(row.segment_host),
+        )
+
     def expiring(self, expires_at: float | None) -> bool:
         """The access token ends within the refresh margin (unknown expiry: never)."""
         return expires_at is not None and expires_at - self.clock() < REFRESH_MARGIN_SECONDS
@@ -265,19 +292,20 @@ class OrgDirectory:
         return secret
 
 
-def as_org(row: Row[Any]) -> Org:
-    """An Org from a row of ``orgs``."""
-    return Org(
-        org_id=int(row.org_id),
-        status=row.status,
-        installed_at=row.installed_at,
-        updated_at=row.updated_at,
-        token_expires_at=row.token_expires_at,
-        has_access_token=row.access_token is not None,
-        has_refresh_token=row.refresh_token is not None,
-        has_write_key=row.write_key is not None,
-        segment_host=row.segment_host,
-    )
+def region_of(stored: str | None) -> str | None:
+    """The region an org's stored Segment host names, if it names one."""
+    for region, host in REGION_HOSTS.items():
+        if stored == host:
+            return region
+    return None
+
+
+def configured_hosts(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Region → where its orgs' messages go, from the operator's settings."""
+    hosts = {"us": settings["SEGMENT_HOST"], "eu": settings["SEGMENT_EU_HOST"]}
+    # Tests point both regions at one fake at once.
+    hosts.update(settings.get("SEGMENT_REGION_HOSTS") or {})
+    return hosts
 
 
 class AppRouting:
@@ -291,7 +319,8 @@ class AppRouting:
     def from_settings(cls, settings: dict[str, Any], store: Store) -> AppRouting:
         """App-mode routing over ``store``'s database, with the app's OAuth credentials."""
         clock = settings.get("CLOCK") or time.time
-        directory = OrgDirectory(store.engine, SecretBox(settings["SECRET_KEY"]), store, clock)
+        directory = OrgDirectory(store.engine, SecretBox(settings["SECRET_KEY"]), store, clock,
+                                 configured_hosts(settings))
         oauth = DriftOAuth(settings["DRIFT_API_URL"], settings["DRIFT_CLIENT_ID"],
                            settings["DRIFT_CLIENT_SECRET"], settings["DRIFT_TIMEOUT_SECONDS"])
         return cls(directory, oauth)
@@ -317,7 +346,7 @@ class AppRouting:
         secrets = self._secrets(org_id)
         if not secrets.write_key:
             raise Held(NO_WRITE_KEY, "the org has not saved its Segment write key yet")
-        return Destination(secrets.write_key, secrets.segment_host or US_HOST)
+        return Destination(secrets.write_key, secrets.segment_host or self.directory.hosts["us"])
 
     def drift_credentials(self, org_id: int) -> Credentials | None:
         """The org's access token, and whether to renew it first (it is about to expire)."""

@@ -15,7 +15,7 @@ import time
 from flask import Blueprint, current_app, redirect, render_template, request, session
 
 from .oauth import START_AGAIN, PageAnswer, app_routing, error_page
-from .orgs import Org
+from .orgs import REGION_HOSTS, Org
 from .pages import message_page, no_store
 
 blueprint = Blueprint("write_key", __name__)
@@ -24,18 +24,10 @@ log = logging.getLogger("drift_segment_source.write_key")
 # Segment write keys are 32 letters and digits; allow some room either way.
 WRITE_KEY_FORMAT = re.compile(r"[A-Za-z0-9]{20,64}")
 # Where a Segment workspace lives decides the API host: EU events sent to the US host vanish.
-SEGMENT_REGIONS = {
-    "us": ("United States", "https://api.segment.io"),
-    "eu": ("European Union", "https://events.eu1.segmentapis.com"),
-}
+# The page names each region by Segment's own host for it, which admins find in Segment's
+# documentation; messages go to the host the operator configured for it (orgs.py).
+REGION_NAMES = {"us": "United States", "eu": "European Union"}
 SETUP_SECONDS = 3600
-
-
-def region_hosts() -> dict[str, str]:
-    """Region → Segment host (tests point them at a local fake Segment)."""
-    hosts = {region: host for region, (_, host) in SEGMENT_REGIONS.items()}
-    hosts.update(current_app.config.get("SEGMENT_REGION_HOSTS") or {})
-    return hosts
 
 
 def bound_org() -> int | None:
@@ -71,12 +63,11 @@ def form() -> PageAnswer:
     if not WRITE_KEY_FORMAT.fullmatch(write_key):
         errors["write_key"] = ("Enter the write key exactly as Segment shows it: 20 to 64 "
                                "letters and digits, usually 32.")
-    hosts = region_hosts()
-    if region not in hosts:
+    if region not in REGION_NAMES:
         errors["region"] = "Choose where your Segment workspace is hosted."
     if errors:
         return render(org, errors, region, 422)
-    app_routing().directory.save_write_key(org.org_id, write_key, hosts[region])
+    app_routing().directory.save_write_key(org.org_id, write_key, region)
     log.info("org saved its Segment write key", extra={"org_id": org.org_id, "region": region})
     # Done: changing the key again takes a new install, so this session can do no more.
     session.clear()
@@ -86,13 +77,9 @@ def form() -> PageAnswer:
 def render(org: Org, errors: dict[str, str] | None = None, region: str | None = None,
            status: int = 200) -> tuple[str, int]:
     """The write-key form for ``org``."""
-    if region is None:
-        current = {host: name for name, host in region_hosts().items()}
-        region = current.get(org.segment_host or "", "us")
     page = render_template(
-        "setup.html", org=org, errors=errors or {}, region=region,
-        regions=[(name, label, region_hosts()[name])
-                 for name, (label, _) in SEGMENT_REGIONS.items()],
+        "setup.html", org=org, errors=errors or {}, region=region or org.segment_region or "us",
+        regions=[(name, label, REGION_HOSTS[name]) for name, label in REGION_NAMES.items()],
         csrf_token=session.get("csrf", ""))
     return page, status
 
