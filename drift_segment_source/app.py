@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from typing import Any
@@ -20,6 +21,7 @@ from .faults import make_store
 from .orgs import AppRouting
 from .routing import NO_DRIFT_TOKEN, SelfHostedRouting
 from .segment_out import make_transport
+from .stitching import Stitching
 from .store import Store
 
 log = logging.getLogger("drift_segment_source.app")
@@ -36,6 +38,11 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     problems = config.missing(settings)
     if config.app_mode(settings) and not settings.get("SECRET_KEY"):
         raise config.ConfigError("app mode (DRIFT_CLIENT_ID/SECRET set) requires SECRET_KEY")
+    try:
+        Stitching.from_settings(settings)
+    except (ValueError, re.error) as error:
+        raise config.ConfigError(f"IDENTITY_STITCHING / STITCHING_ANONYMOUS_PATTERN: {error}"
+                                 ) from None
     app.config["SECRET_KEY"] = settings.get("SECRET_KEY")
     check_public_url(settings)
     trust_proxies(app, settings["TRUSTED_PROXIES"])

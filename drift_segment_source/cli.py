@@ -141,6 +141,7 @@ def translate(files: tuple[str, ...], received_at: datetime | None) -> None:
     from .envelope import Rejected, parse_json, read_envelope
     from .routing import SelfHostedRouting
     from .segment_out import MessageBuilder
+    from .stitching import Stitching, facts_of_contact, merged
     from .translators import TRANSLATORS
     from .translators import translate as to_calls
 
@@ -148,6 +149,7 @@ def translate(files: tuple[str, ...], received_at: datetime | None) -> None:
     routing = SelfHostedRouting(settings)
     drift_api = DriftApi(settings["DRIFT_API_URL"], settings["DRIFT_TIMEOUT_SECONDS"])
     builder = MessageBuilder()
+    stitching = Stitching.from_settings(settings)
     received = (received_at or datetime.now(UTC)).replace(tzinfo=UTC)
     failed = False
     for path in payload_files(files):
@@ -167,6 +169,14 @@ def translate(files: tuple[str, ...], received_at: datetime | None) -> None:
                         f"{path}: needs GET /conversations/{needed}; set DRIFT_ACCESS_TOKEN")
                 conversation = drift_api.conversation(envelope.org_id, needed, credentials)
             calls = to_calls(translator, envelope.org_id, data, received, conversation)
+            if stitching is not None and calls:
+                # As delivery does it: the webhook's own facts, else the Drift API's.
+                facts = translator.contact_facts(data)
+                if facts.external_id is None and credentials is not None:
+                    facts = merged(facts, facts_of_contact(drift_api.contact(
+                        envelope.org_id, calls[0].anonymous_id, credentials)))
+                calls, link = stitching.stitch(envelope.org_id, calls, facts)
+                calls = ([link.call] if link else []) + calls
             messages = [builder.build(call) for call in calls]
         except Rejected as rejection:
             click.echo(json.dumps({"file": str(path), **rejection.body}), err=True)

@@ -63,6 +63,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DRIFT_ACCESS_TOKEN", None,
             "Bearer token for the Drift API, used to look up conversations.", secret=True),
     Setting("DRIFT_API_URL", "https://driftapi.com", "Drift API base URL."),
+    Setting("IDENTITY_STITCHING", "off",
+            "`off` (Drift app parity: anonymousId only) or `external_id` (join contacts the "
+            "site identified to their userId)."),
+    Setting("STITCHING_ANONYMOUS_PATTERN", None,
+            "Regular expression of externalIds that are Drift's own (never a userId); unset: "
+            "the UUID-like drift_aid shape."),
     Setting("DRIFT_CLIENT_ID", None, "Drift app client id; with the secret, enables app mode."),
     Setting("DRIFT_CLIENT_SECRET", None, "Drift app client secret (app mode).", secret=True),
     Setting("DRIFT_AUTHORIZE_URL", "https://dev.drift.com/authorize",

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,12 +30,13 @@ from typing import Any
 from cachetools import TTLCache
 
 from . import metrics
-from .drift_api import DriftApi, DriftApiError
+from .drift_api import DriftApi, DriftApiError, Missing
 from .lookups import Lookups
 from .routing import NO_DRIFT_TOKEN, Destination, Held, Routing
 from .segment_out import MessageBuilder, MessageTooLarge, SegmentError, Transport, batches
+from .stitching import Stitching, facts_of_contact, merged
 from .store import Failure, Store, StoredWebhook
-from .translators import TRANSLATORS, NoContact, Translator, translate
+from .translators import TRANSLATORS, NoContact, translate
 
 log = logging.getLogger("drift_segment_source.delivery")
 
@@ -64,11 +65,14 @@ class Outcomes:
     attempts: dict[int, int] = field(default_factory=dict)
     held: dict[str, list[Failure]] = field(default_factory=lambda: defaultdict(list))
     # Rows not tried this round (the round ran out of time, the loop is stopping, no
-    # lookup slot was free): back to the store, due again soon, without spending an attempt.
+    # room was left in the lookup queue): back to the store, due again soon, without
+    # spending an attempt.
     deferred: list[Failure] = field(default_factory=list)
     # Rows whose lookup still runs: made due when it ends (see Lookups), or after the
     # longest a lookup can take should this process be gone by then.
     awaiting_lookup: list[Failure] = field(default_factory=list)
+    # Keys of the linking identifies Segment confirmed (identity stitching).
+    links_sent: list[bytes] = field(default_factory=list)
 
     def file(self, row: StoredWebhook, error: Exception) -> None:
         """File a row under what ``error`` means for it; nothing else is affected."""
@@ -86,11 +90,17 @@ class Outcomes:
 
 @dataclass
 class Prepared:
-    """A row ready to send: its messages and where they go."""
+    """A row ready to send: its messages, where they go, and (identity stitching) the
+    identify linking its contact to a user, with the key that records it was sent."""
 
     row: StoredWebhook
     destination: Destination
     messages: list[dict[str, Any]]
+    link: tuple[bytes, dict[str, Any]] | None = None
+
+
+# The lookups a row has started or waited for, by key: their outcome is the row's.
+Lookups_ = dict[tuple[Any, ...], Future[Any]]
 
 
 @dataclass
@@ -98,10 +108,23 @@ class Waiting:
     """A row whose Drift API lookup was still running when the round reached it."""
 
     row: StoredWebhook
-    translator: Translator
-    data: dict[str, Any]
-    destination: Destination
     lookup: Future[Any]
+    known: Lookups_
+
+
+class Busy:
+    """The lookup queue is full: the row is tried again in a moment."""
+
+
+BUSY = Busy()
+WAIT = object()  # a row's lookup still runs
+
+
+def done(result: Any) -> Future[Any]:
+    """A finished future holding ``result`` (a cached lookup)."""
+    future: Future[Any] = Future()
+    future.set_result(result)
+    return future
 
 
 class Delivery:
@@ -128,10 +151,11 @@ class Delivery:
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
         self.lookups = Lookups(on_done=self.wakeup.set)
-        # Rows sent back while their lookup ran, by id: made due again once it has ended,
-        # then given its outcome when claimed (forgotten if another loop claims them).
+        self.stitching = Stitching.from_settings(settings)
+        # Rows sent back while a lookup ran: made due again once it has ended, then given
+        # the lookups they waited for when claimed (forgotten if another loop claims them).
         self._awaiting_lookup: dict[int, Future[Any]] = {}
-        self._lookup_ended: TTLCache[int, Future[Any]] = TTLCache(100_000, 600)
+        self._lookups_of_row: TTLCache[int, Lookups_] = TTLCache(100_000, 600)
         self._last_prune = 0.0
         self._lease_renewed_at = float("-inf")
 
@@ -224,7 +248,7 @@ class Delivery:
         if ended:
             self.store.make_due(ended)
             for row_id in ended:
-                self._lookup_ended[row_id] = self._awaiting_lookup.pop(row_id)
+                del self._awaiting_lookup[row_id]
 
     def prune_now_and_then(self) -> None:
         """Delete delivered rows and dedupe keys past their retention, every few minutes."""
@@ -246,9 +270,15 @@ class Delivery:
     # -- one row ----------------------------------------------------------------------------
 
     def prepare(self, row: StoredWebhook, outcomes: Outcomes, ready: list[Prepared],
-                waiting: list[Waiting]) -> None:
-        """Put a row in ``ready`` (messages built), ``waiting`` (its lookup runs) or under
-        its outcome. Whatever it raises is filed under this row alone."""
+                waiting: list[Waiting], known: Lookups_ | None = None) -> None:
+        """Put a row in ``ready`` (messages built), ``waiting`` (a lookup it needs still
+        runs) or under its outcome. Whatever it raises is filed under this row alone.
+
+        Re-entrant: a row whose lookup has ended is prepared again from the start, with
+        ``known`` holding the lookups it already waited for (their outcome, error or not).
+        """
+        if known is None:
+            known = self._lookups_of_row.pop(row.id, None) or {}
         max_age = float(self.settings["DELIVERY_MAX_AGE_HOURS"]) * 3600
         if self.clock() - row.queued_at > max_age:
             outcomes.dead.append(Failure(row.id, f"undelivered after {max_age / 3600:g} hours"))
@@ -260,83 +290,113 @@ class Delivery:
         try:
             data = translator.reshape(row.payload["data"])
             destination = self.routing.destination(row.org_id)
+            conversation = None
             conversation_id = translator.conversation_needed(data)
-            lookup = None if conversation_id is None else self.look_up(row, conversation_id)
+            if conversation_id is not None:
+                conversation = self.outcome(row, self.conversation_lookup(
+                    row, conversation_id, known), known, outcomes, waiting)
+                if conversation is WAIT:
+                    return
+            received = datetime.fromtimestamp(row.received_at, tz=UTC)
+            calls = translate(translator, row.org_id, data, received, conversation)
+            link = None
+            if self.stitching is not None and calls:
+                facts = translator.contact_facts(data)
+                lookup = (self.contact_lookup(row, calls[0].anonymous_id, known)
+                          if facts.external_id is None else None)
+                if lookup is not None:
+                    contact = self.outcome(row, lookup, known, outcomes, waiting)
+                    if contact is WAIT:
+                        return
+                    facts = merged(facts, facts_of_contact(contact))
+                calls, link = self.stitching.stitch(row.org_id, calls, facts)
+            messages = [self.builder.build(call) for call in calls]
+            link_message = None if link is None else (link.key, self.builder.build(link.call))
         except Exception as error:
             outcomes.file(row, error)
             return
-        if conversation_id is None:
-            self.build(row, translator, data, destination, None, outcomes, ready)
-        elif lookup is None:
-            outcomes.deferred.append(Failure(row.id, "every Drift API lookup slot is busy"))
-        elif lookup.done():
-            self.build_after(Waiting(row, translator, data, destination, lookup), outcomes,
-                             ready)
-        else:
-            waiting.append(Waiting(row, translator, data, destination, lookup))
+        ready.append(Prepared(row, destination, messages, link_message))
 
-    def look_up(self, row: StoredWebhook, conversation_id: int | str) -> Future[Any] | None:
-        """The lookup of the Conversation the row needs (done at once when cached), or None
-        when every lookup slot is busy."""
-        earlier = self._lookup_ended.pop(row.id, None) or self._awaiting_lookup.pop(row.id, None)
-        if earlier is not None:
-            return earlier  # the lookup the row was sent back to wait for
-        cached = self.drift_api.cached_conversation(row.org_id, conversation_id)
+    def outcome(self, row: StoredWebhook, lookup: Future[Any] | Busy, known: Lookups_,
+                outcomes: Outcomes, waiting: list[Waiting]) -> Any:
+        """The lookup's result (raising its error), or WAIT when the row must wait for it
+        (filed as waiting, or deferred when the lookup queue is full)."""
+        if isinstance(lookup, Busy):
+            outcomes.deferred.append(Failure(row.id, "too many Drift API lookups queued"))
+            return WAIT
+        if not lookup.done():
+            waiting.append(Waiting(row, lookup, known))
+            return WAIT
+        return lookup.result()
+
+    def conversation_lookup(self, row: StoredWebhook, conversation_id: int | str,
+                            known: Lookups_) -> Future[Any] | Busy:
+        """The lookup of the Conversation the row needs (done at once when cached)."""
+        org_id = row.org_id
+        cached = self.drift_api.cached_conversation(org_id, conversation_id)
         if cached is not None:
-            done: Future[Any] = Future()
-            done.set_result(cached)
-            return done
-        credentials = self.routing.drift_credentials(row.org_id)
+            return done(cached)
+        credentials = self.routing.drift_credentials(org_id)
         if credentials is None:
             raise Held(NO_DRIFT_TOKEN, f"needs GET /conversations/{conversation_id}: "
                                        "set DRIFT_ACCESS_TOKEN")
-        return self.lookups.start(
-            ("conversation", row.org_id, str(conversation_id)),
-            lambda: self.drift_api.conversation(row.org_id, conversation_id, credentials))
+        return self.start_lookup(("conversation", org_id, str(conversation_id)), known,
+                                 lambda: self.drift_api.conversation(org_id, conversation_id,
+                                                                     credentials))
 
-    def build(self, row: StoredWebhook, translator: Translator, data: dict[str, Any],
-              destination: Destination, conversation: Any, outcomes: Outcomes,
-              ready: list[Prepared]) -> None:
-        """Translate and build the row's messages into ``ready``, or file what it raised."""
-        try:
-            received = datetime.fromtimestamp(row.received_at, tz=UTC)
-            calls = translate(translator, row.org_id, data, received, conversation)
-            messages = [self.builder.build(call) for call in calls]
-        except Exception as error:
-            outcomes.file(row, error)
-        else:
-            ready.append(Prepared(row, destination, messages))
+    def contact_lookup(self, row: StoredWebhook, contact_id: str,
+                       known: Lookups_) -> Future[Any] | Busy | None:
+        """The lookup of the contact's externalId and email, or None without a Drift token
+        (then only what the webhook itself says counts, SPEC §3.2)."""
+        org_id = row.org_id
+        cached = self.drift_api.cached_contact(org_id, contact_id)
+        if not isinstance(cached, Missing):
+            return done(cached)
+        credentials = self.routing.drift_credentials(org_id)
+        if credentials is None:
+            return None
+        return self.start_lookup(("contact", org_id, contact_id), known,
+                                 lambda: self.drift_api.contact(org_id, contact_id, credentials))
 
-    def build_after(self, waiting: Waiting, outcomes: Outcomes, ready: list[Prepared]) -> None:
-        """Build a row whose lookup has ended, or file the lookup's error."""
-        error = waiting.lookup.exception()
-        if error is not None:
-            outcomes.file(waiting.row, error if isinstance(error, Exception)
-                          else RuntimeError(repr(error)))
-            return
-        self.build(waiting.row, waiting.translator, waiting.data, waiting.destination,
-                   waiting.lookup.result(), outcomes, ready)
+    def start_lookup(self, key: tuple[Any, ...], known: Lookups_,
+                     call: Callable[[], Any]) -> Future[Any] | Busy:
+        """The row's earlier lookup of ``key`` if it has one, else a new (or shared) one."""
+        if key in known:
+            return known[key]
+        lookup = self.lookups.start(key, call)
+        if lookup is None:
+            return BUSY
+        known[key] = lookup
+        return lookup
 
     def finish_lookups(self, waiting: list[Waiting], outcomes: Outcomes) -> list[Prepared]:
-        """Wait briefly for the round's lookups; rows whose lookup still runs go back."""
+        """Wait briefly for the round's lookups, preparing each row again as its lookup ends
+        (it may need a second one); rows whose lookup still runs go back to the store."""
         # A healthy Drift answers within the wait (DELIVERY_LOOKUP_WAIT_SECONDS), and no row,
         # nor the next round, waits longer behind a slow one.
-        wait_for_futures([item.lookup for item in waiting],
-                         timeout=float(self.settings["DELIVERY_LOOKUP_WAIT_SECONDS"]))
+        until = time.monotonic() + float(self.settings["DELIVERY_LOOKUP_WAIT_SECONDS"])
         ready: list[Prepared] = []
+        while waiting:
+            wait_for_futures([item.lookup for item in waiting],
+                             timeout=max(0.0, until - time.monotonic()),
+                             return_when=FIRST_COMPLETED)
+            ended = [item for item in waiting if item.lookup.done()]
+            if not ended:
+                break
+            waiting = [item for item in waiting if not item.lookup.done()]
+            for item in ended:
+                self.prepare(item.row, outcomes, ready, waiting, item.known)
         for item in waiting:
-            if item.lookup.done():
-                self.build_after(item, outcomes, ready)
-            else:
-                self._awaiting_lookup[item.row.id] = item.lookup
-                outcomes.awaiting_lookup.append(
-                    Failure(item.row.id, "waiting for a Drift API lookup"))
+            self._awaiting_lookup[item.row.id] = item.lookup
+            self._lookups_of_row[item.row.id] = item.known
+            outcomes.awaiting_lookup.append(Failure(item.row.id, "waiting for a Drift API lookup"))
         return ready
 
     # -- sending ----------------------------------------------------------------------------
 
     def send(self, ready: list[Prepared], outcomes: Outcomes, deadline: float) -> None:
         """Post every destination's messages; sort rows by Segment's answers."""
+        self.add_links(ready)
         by_destination: dict[Destination, list[Prepared]] = defaultdict(list)
         for prepared in ready:
             by_destination[prepared.destination].append(prepared)
@@ -346,6 +406,20 @@ class Delivery:
                 outcomes.dry_run.extend(prepared.row.id for prepared in prepared_rows)
             else:
                 self.send_to(destination, prepared_rows, outcomes, deadline)
+
+    def add_links(self, ready: list[Prepared]) -> None:
+        """Put each linking identify not sent yet in front of its row's messages, once per
+        round; the others are dropped (sent before, by this loop or another, SPEC §3.2)."""
+        linking = [(prepared, prepared.link) for prepared in ready if prepared.link is not None]
+        if not linking:
+            return
+        sent = self.store.known_keys({key for _, (key, _) in linking})
+        for prepared, (key, message) in linking:
+            if key in sent:
+                prepared.link = None
+                continue
+            sent.add(key)
+            prepared.messages.insert(0, message)
 
     def send_to(self, destination: Destination, rows: list[Prepared], outcomes: Outcomes,
                 deadline: float) -> None:
@@ -378,6 +452,8 @@ class Delivery:
                 outcomes.deferred.append(Failure(prepared.row.id, "round ended before posting"))
             else:
                 outcomes.delivered.append(prepared.row.id)
+                if prepared.link is not None:
+                    outcomes.links_sent.append(prepared.link[0])
                 metrics.DELIVERY_LATENCY.observe(max(0.0, self.clock() - prepared.row.received_at))
 
     def post_isolating(
@@ -440,6 +516,7 @@ class Delivery:
             retry=self.schedule(retry, outcomes.attempts),
             deferred={self.clock() + DEFER_SECONDS: outcomes.deferred,
                       self.clock() + self.lookup_fallback(): outcomes.awaiting_lookup},
+            remember=outcomes.links_sent,
         )
         counts = {"delivered": len(outcomes.delivered), "dry_run": len(outcomes.dry_run),
                   "dead": len(outcomes.dead) + len(exhausted), "retried": len(retry),

@@ -1,4 +1,5 @@
-"""The Drift API edge: the conversation lookups some events need, cached.
+"""The Drift API edge: the conversation (and, for identity stitching, contact) lookups some
+events need, cached.
 
 Failures are classified, not retried at length here: the delivery loop reschedules only the
 affected rows (with backoff) so one slow lookup never stalls the others.
@@ -42,6 +43,13 @@ class TokenRejected(DriftApiError):
     """Drift answered 401: the access token is wrong, revoked or expired."""
 
 
+class Missing:
+    """Nothing cached (``None`` is a cached answer: Drift does not know the contact)."""
+
+
+MISSING = Missing()
+
+
 @dataclass(frozen=True)
 class Credentials:
     """How to call the Drift API for one org: a token and, in app mode, a way to renew it."""
@@ -78,6 +86,9 @@ class DriftApi:
         self.session = session or make_session()
         self._cache: TTLCache[tuple[int, str], dict[str, Any]] = TTLCache(CACHE_SIZE,
                                                                           CACHE_SECONDS)
+        # A contact's externalId changes when the site identifies it: minutes, not hours.
+        self._contacts: TTLCache[tuple[int, str], dict[str, Any] | None] = TTLCache(
+            CACHE_SIZE, CACHE_SECONDS)
         self._lock = threading.Lock()
 
     def cached_conversation(self, org_id: int,
@@ -100,6 +111,33 @@ class DriftApi:
         with self._lock:
             self._cache[key] = conversation
         return conversation
+
+    def cached_contact(self, org_id: int, contact_id: int | str
+                       ) -> dict[str, Any] | None | Missing:
+        """The contact if a recent lookup fetched it (None: Drift did not know it), or
+        MISSING when there was no recent lookup."""
+        with self._lock:
+            return self._contacts.get((org_id, str(contact_id)), MISSING)
+
+    def contact(self, org_id: int, contact_id: int | str,
+                credentials: Credentials) -> dict[str, Any] | None:
+        """``GET /contacts/{id}``'s ``data``, or None when Drift does not know the contact
+        (a 404: the message is sent without userId, never lost); raises DriftApiError."""
+        cached = self.cached_contact(org_id, contact_id)
+        if not isinstance(cached, Missing):
+            return cached
+        try:
+            body = self._get(f"/contacts/{contact_id}", "contacts", credentials)
+        except DriftApiError as error:
+            if error.status != 404:
+                raise
+            body = None
+        found = body.get("data") if isinstance(body, dict) else None
+        if body is not None and not isinstance(found, dict):
+            raise DriftApiError(200, "contact answer has no data object", retryable=True)
+        with self._lock:
+            self._contacts[(org_id, str(contact_id))] = found
+        return found
 
     def conversations_since(self, since_ms: int, credentials: Credentials
                             ) -> Iterator[dict[str, Any]]:

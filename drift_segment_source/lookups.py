@@ -9,60 +9,68 @@ the outcome when it is claimed.
 
 from __future__ import annotations
 
-import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-log = logging.getLogger("drift_segment_source.lookups")
-
 # Lookups running at once per delivery loop: enough for a burst of distinct conversations,
-# few enough to stay well inside Drift's rate limit.
+# few enough to stay well inside Drift's rate limit. Others queue, up to MAX_QUEUED.
 MAX_RUNNING = 8
+MAX_QUEUED = 10_000
 
 
 class Lookups:
-    """Runs each distinct lookup once at a time, in daemon threads, at most MAX_RUNNING."""
+    """Runs each distinct lookup once at a time, in at most MAX_RUNNING daemon threads."""
 
     def __init__(self, max_running: int = MAX_RUNNING,
                  on_done: Callable[[], None] = lambda: None) -> None:
-        self._running: dict[tuple[Any, ...], Future[Any]] = {}
-        self._slots = threading.BoundedSemaphore(max_running)
+        self._futures: dict[tuple[Any, ...], Future[Any]] = {}
+        self._queue: deque[tuple[tuple[Any, ...], Callable[[], Any], Future[Any]]] = deque()
+        self._threads = 0
+        self._max_running = max_running
         self._lock = threading.Lock()
         self._on_done = on_done
 
     def start(self, key: tuple[Any, ...], call: Callable[[], Any]) -> Future[Any] | None:
-        """The future of ``call`` (shared by rows asking for the same ``key`` while it
-        runs), or None when every slot is busy."""
+        """The future of ``call`` (shared by rows asking for the same ``key`` until it
+        ends), or None when the queue is full."""
         with self._lock:
-            running = self._running.get(key)
-            if running is not None:
-                return running
-            if not self._slots.acquire(blocking=False):
+            known = self._futures.get(key)
+            if known is not None:
+                return known
+            if len(self._queue) >= MAX_QUEUED:
                 return None
             future: Future[Any] = Future()
-            self._running[key] = future
+            self._futures[key] = future
+            self._queue.append((key, call, future))
+            if self._threads >= self._max_running:
+                return future
+            self._threads += 1
         # Daemon threads: a lookup hanging on a slow Drift API never holds up shutdown.
-        thread = threading.Thread(target=self._run, args=(key, call, future),
-                                  name="drift-lookup", daemon=True)
-        thread.start()
+        threading.Thread(target=self._work, name="drift-lookup", daemon=True).start()
         return future
 
-    def _run(self, key: tuple[Any, ...], call: Callable[[], Any], future: Future[Any]) -> None:
-        try:
-            result = call()
-        except BaseException as error:  # the row that waits decides what the error means
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-        finally:
+    def _work(self) -> None:
+        while True:
             with self._lock:
-                self._running.pop(key, None)
-            self._slots.release()
-            self._on_done()
+                if not self._queue:
+                    self._threads -= 1
+                    return
+                key, call, future = self._queue.popleft()
+            try:
+                result = call()
+            except BaseException as error:  # the row that waits decides what it means
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+            finally:
+                with self._lock:
+                    self._futures.pop(key, None)
+                self._on_done()
 
     def running(self) -> int:
-        """How many lookups are in flight (tests, metrics)."""
+        """How many lookups are queued or in flight (tests, metrics)."""
         with self._lock:
-            return len(self._running)
+            return len(self._futures)

@@ -68,6 +68,8 @@ class MessageBuilder:
             "context": {"integration": dict(INTEGRATION)},
             "integrations": {"Drift": False},
         }
+        if call.user_id is not None:
+            options["user_id"] = call.user_id
         try:
             if call.kind == "track":
                 _, message = self._client.track(event=call.event, properties=call.fields,

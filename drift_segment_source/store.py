@@ -227,11 +227,14 @@ class Store:
         held: Mapping[str, Iterable[Failure]] | None = None,
         retry: Mapping[float, Iterable[Failure]] | None = None,
         deferred: Mapping[float, Iterable[Failure]] | None = None,
+        remember: Sequence[bytes] = (),
     ) -> int:
         """Write a delivery round's outcomes in one transaction (one fsync, not one per row).
 
         Only rows still leased to ``owner`` change: a loop that lost its lease must not
-        overwrite the work of the loop that took the rows over. Returns the rows changed.
+        overwrite the work of the loop that took the rows over. ``remember`` are keys of
+        messages sent once for good (linking identifies), kept with the dedupe keys.
+        Returns the rows changed.
         """
         now = self.clock()
         changes: list[tuple[list[int], dict[str, Any]]] = [
@@ -254,6 +257,11 @@ class Store:
                                   "attempts": webhooks.c.attempts - 1}))
         changed = 0
         with self._writing() as connection:
+            if remember:
+                connection.execute(
+                    self._insert(dedupe_keys)
+                    .values([{"digest": key, "first_seen_at": now} for key in set(remember)])
+                    .on_conflict_do_nothing(index_elements=["digest"]))
             for ids, values in changes:
                 if ids:
                     changed += connection.execute(
@@ -262,6 +270,15 @@ class Store:
                         .values(lease_owner=None, lease_expires_at=None, **values)
                     ).rowcount
         return changed
+
+    def known_keys(self, keys: Iterable[bytes]) -> set[bytes]:
+        """Which of these dedupe keys are stored."""
+        wanted = list(keys)
+        if not wanted:
+            return set()
+        with self.engine.connect() as connection:
+            return {bytes(key) for key in connection.execute(
+                select(dedupe_keys.c.digest).where(dedupe_keys.c.digest.in_(wanted))).scalars()}
 
     def make_due(self, ids: Sequence[int]) -> int:
         """Make waiting rows due now (their Drift API lookup has ended)."""

@@ -22,7 +22,9 @@ class FakeSegment:
     """A Segment Tracking API that records every batch and fails when told to.
 
     ``fail_next(n, status)`` fails the next n posts; ``fail_always(status)`` until
-    ``recover()``; ``refuse(message_id)`` answers 400 to any batch holding that message.
+    ``recover()``; ``refuse(message_id)`` answers 400 to any batch holding that message;
+    ``refuse_write_key(key, status)`` answers ``status`` to every post with that key.
+    ``checks`` lists the write keys of the empty batches received (write-key checks).
     """
 
     def __init__(self) -> None:
@@ -35,6 +37,8 @@ class FakeSegment:
         self._fail_status = 503
         self._retry_after: str | None = None
         self._refused: set[str] = set()
+        self._refused_keys: dict[str, int] = {}
+        self.checks: list[str] = []
         self.delay = 0.0  # seconds to wait before answering a batch (slow Segment)
         self.failure_body: bytes | None = None  # the raw body of failing answers (garbage)
         fake = self
@@ -83,7 +87,12 @@ class FakeSegment:
             if self._fail_forever or self._fail_remaining > 0:
                 self._fail_remaining = max(0, self._fail_remaining - 1)
                 return self._fail_status, {"code": "fake_failure", "message": "told to fail"}
+            refused_key = self._refused_keys.get(basic_auth_user(headers.get("Authorization")))
+            if refused_key is not None:
+                return refused_key, {"code": "invalid_write_key", "message": "told to refuse"}
             document = json.loads(body)
+            if not document["batch"]:
+                self.checks.append(basic_auth_user(headers.get("Authorization")))
             ids = {message.get("messageId") for message in document["batch"]}
             if ids & self._refused:
                 return 400, {"code": "invalid_request", "message": "refused message"}
@@ -108,6 +117,10 @@ class FakeSegment:
         with self._lock:
             self._refused.add(message_id)
 
+    def refuse_write_key(self, write_key: str, status: int = 401) -> None:
+        with self._lock:
+            self._refused_keys[write_key] = status
+
     @property
     def messages(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -125,15 +138,27 @@ class FakeSegment:
         return keys
 
 
-class FakeDriftApi:
-    """Drift's ``GET /conversations/{id}`` for a self-hosted token, on 127.0.0.1.
+def basic_auth_user(header: str | None) -> str:
+    """The user (Segment: the write key) of a Basic Authorization header, else ""."""
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme != "Basic":
+        return ""
+    return base64.b64decode(encoded).decode().partition(":")[0]
 
-    ``conversations`` holds the answers by id; ``delay`` makes a conversation answer late
-    (seconds); ``garbage`` makes it answer 200 with the given bytes. Unknown ids get 404.
+
+class FakeDriftApi:
+    """Drift's ``GET /conversations/{id}`` and ``GET /contacts/{id}`` for a self-hosted
+    token, on 127.0.0.1.
+
+    ``conversations`` and ``contacts`` hold the answers by id; ``delay`` makes an id answer
+    late (seconds); ``garbage`` makes it answer 200 with the given bytes; ``status`` makes
+    it answer that status. Unknown ids get 404.
     """
 
     def __init__(self) -> None:
         self.conversations: dict[str, dict[str, Any]] = {}
+        self.contacts: dict[str, dict[str, Any]] = {}
+        self.status: dict[str, int] = {}
         self.delay: dict[str, float] = {}
         self.garbage: dict[str, bytes] = {}
         self.calls: list[str] = []
@@ -144,15 +169,19 @@ class FakeDriftApi:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                conversation_id = self.path.rsplit("/", 1)[-1]
+                kind, _, item_id = self.path.strip("/").partition("/")
                 with fake._lock:
                     fake.calls.append(self.path)
-                    delay = fake.delay.get(conversation_id, 0.0)
-                    garbage = fake.garbage.get(conversation_id)
-                    found = fake.conversations.get(conversation_id)
+                    delay = fake.delay.get(item_id, 0.0)
+                    garbage = fake.garbage.get(item_id)
+                    table = fake.contacts if kind == "contacts" else fake.conversations
+                    found = table.get(item_id)
+                    forced = fake.status.get(item_id)
                 if delay:
                     time.sleep(delay)
                 status, payload = 200, garbage
+                if forced is not None:
+                    status, payload = forced, b'{"error": "told to fail"}'
                 if payload is None:
                     status = 200 if found is not None else 404
                     payload = json.dumps({"data": found} if found is not None

@@ -2,7 +2,8 @@
 
 Cases are data: ``fixtures/drift/<event>/<case>.json`` with ``<case>.segment.json`` (the
 batch Segment must receive) and optionally ``<case>.drift-api.json`` (Drift API answers).
-Select with ``-k``, e.g. ``pytest tests/test_fixtures.py -k button_clicked``.
+Select with ``-k``, e.g. ``pytest tests/test_fixtures.py -k button_clicked``. Cases named
+``stitched_*`` run with ``IDENTITY_STITCHING=external_id`` (SPEC §3.2); the others with it off.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def test_fixture_produces_its_exact_segment_batch(
     expected = json.loads(sibling(case, ".segment.json").read_text())
     api_file = sibling(case, ".drift-api.json")
     drift_api = json.loads(api_file.read_text()) if api_file.exists() else {}
-    app = make_app(CLOCK=fixed_clock)
+    stitching = "external_id" if case.stem.startswith("stitched_") else "off"
+    app = make_app(CLOCK=fixed_clock, IDENTITY_STITCHING=stitching)
     received: list[dict[str, Any]] = []
 
     def segment(request: Any) -> tuple[int, dict[str, str], str]:

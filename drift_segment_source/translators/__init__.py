@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import (
     button_clicked,
+    contact_identified,
     contact_updated,
     conversation_participant_added,
     conversation_participant_removed,
@@ -19,6 +20,7 @@ from . import (
 )
 from .base import (
     EVENT_PREFIX,
+    ContactFacts,
     NeedsConversation,
     NoContact,
     SegmentCall,
@@ -41,11 +43,13 @@ TRANSLATORS: dict[str, Translator] = {
         conversation_participant_added,
         playbook_goal_met,
         phone_captured,
+        contact_identified,
     )
 }
 
 __all__ = [
     "EVENT_PREFIX",
+    "ContactFacts",
     "TRANSLATORS",
     "NeedsConversation",
     "NoContact",

@@ -52,6 +52,20 @@ class SegmentCall:
     fields: Data
     timestamp: datetime
     message_id: str
+    user_id: str | None = None  # only with identity stitching (stitching.py)
+
+
+@dataclass(frozen=True)
+class ContactFacts:
+    """What a webhook itself says about its contact's identity (for identity stitching)."""
+
+    external_id: str | None = None
+    email: str | None = None
+
+
+def no_facts(data: Data) -> ContactFacts:
+    """Most events say nothing about who the contact is."""
+    return ContactFacts()
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,7 @@ class Translator:
     identity: Identity
     build: Callable[[Data, Conversation | None], list[Draft]]
     conversation_needed: Callable[[Data], int | str | None] = field(default=lambda data: None)
+    contact_facts: Callable[[Data], ContactFacts] = no_facts
 
     def validate(self, data: Mapping[str, Any]) -> Data:
         """Load ``data`` with the schema; raises marshmallow's ValidationError."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields
 
-from .base import Conversation, Data, Draft, Translator
+from .base import ContactFacts, Conversation, Data, Draft, Translator
 from .fields import AnyJson, DriftId, DriftSchema, EventTime, Integer
 
 ATTRIBUTE_PREFIX = "attributes."
@@ -72,9 +72,21 @@ def identity(data: Data, received_ms: int) -> list[object]:
     return [data["endUserId"], data.get("timestamp"), hashlib.sha256(changes.encode()).hexdigest()]
 
 
+def facts(data: Data) -> ContactFacts:
+    """A change of the contact's externalId or email says who the contact now is."""
+    found: dict[str, str] = {}
+    for change in data["diff"]:
+        path = trait_path(change["name"])
+        if len(path) == 1 and path[0] in ("externalId", "email") and isinstance(
+                change.get("updated"), str):
+            found[path[0]] = change["updated"]
+    return ContactFacts(external_id=found.get("externalId"), email=found.get("email"))
+
+
 TRANSLATOR = Translator(
     event_type="contact_updated",
     schema=ContactUpdatedData(),
     identity=identity,
     build=build,
+    contact_facts=facts,
 )

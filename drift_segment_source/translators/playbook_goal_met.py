@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from marshmallow import fields
 
-from .base import Conversation, Data, Draft, Translator, pick
+from .base import ContactFacts, Conversation, Data, Draft, Translator, pick
 from .fields import DriftId, DriftSchema
 
 PROPERTIES = ("contactEmail", "contactId", "conversationId", "goalId", "goalName", "playbookId",
@@ -34,4 +34,5 @@ TRANSLATOR = Translator(
     identity=lambda data, received_ms: [data["conversationId"], data.get("playbookId"),
                                       data.get("goalId")],
     build=build,
+    contact_facts=lambda data: ContactFacts(email=data.get("contactEmail") or None),
 )
