@@ -1,8 +1,11 @@
 """The write-key page: the org that just authorised the app saves its Segment write key.
 
 Only the session bound at the OAuth callback can use it, for that org only, for an hour;
-the form carries a session-bound CSRF token. Saving releases the org's held webhooks and
-sends the admin back to Drift's integration settings.
+the form carries a session-bound CSRF token. The key is checked before it is saved: an
+empty batch (it creates no event) is posted with it to the region's host, and a key Segment
+refuses is a form error; when Segment cannot answer, the key is saved and the next page says
+it could not be checked. Saving releases the org's held webhooks and sends the admin back to
+Drift's integration settings.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import hmac
 import logging
 import re
 import time
+from dataclasses import dataclass
 
 from flask import Blueprint, current_app, redirect, render_template, request, session
 
 from .oauth import START_AGAIN, PageAnswer, app_routing, error_page
 from .orgs import REGION_HOSTS, Org
 from .pages import message_page, no_store
+from .segment_out import HttpTransport, SegmentError
 
 blueprint = Blueprint("write_key", __name__)
 log = logging.getLogger("drift_segment_source.write_key")
@@ -28,6 +33,32 @@ WRITE_KEY_FORMAT = re.compile(r"[A-Za-z0-9]{20,64}")
 # documentation; messages go to the host the operator configured for it (orgs.py).
 REGION_NAMES = {"us": "United States", "eu": "European Union"}
 SETUP_SECONDS = 3600
+# Segment answers an empty batch in milliseconds; an admin should not wait long for a host
+# that does not answer, since the key is saved anyway.
+CHECK_TIMEOUT_SECONDS = 5
+# What Segment answers to a key it does not accept: the form says so and nothing is saved.
+REFUSED = frozenset({400, 401, 403})
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """What Segment said about a write key: refused (with its status), or not checked (why)."""
+
+    refused: int | None = None
+    unchecked: str | None = None
+
+
+def check_write_key(write_key: str, host: str) -> KeyCheck:
+    """Post an empty batch (it creates no event) with ``write_key`` to ``host``."""
+    try:
+        HttpTransport(CHECK_TIMEOUT_SECONDS).post(write_key, host, [])
+    except SegmentError as error:
+        if error.status in REFUSED:
+            return KeyCheck(refused=error.status)
+        if error.status is None:
+            return KeyCheck(unchecked="Segment could not be reached")
+        return KeyCheck(unchecked=f"Segment answered HTTP {error.status}")
+    return KeyCheck()
 
 
 def bound_org() -> int | None:
@@ -67,11 +98,29 @@ def form() -> PageAnswer:
         errors["region"] = "Choose where your Segment workspace is hosted."
     if errors:
         return render(org, errors, region, 422)
-    app_routing().directory.save_write_key(org.org_id, write_key, region)
-    log.info("org saved its Segment write key", extra={"org_id": org.org_id, "region": region})
+    directory = app_routing().directory
+    check = check_write_key(write_key, directory.hosts[region])
+    if check.refused is not None:
+        log.info("Segment refused an org's write key",
+                 extra={"org_id": org.org_id, "region": region, "status": check.refused})
+        errors["write_key"] = (f"Segment refused this write key (HTTP {check.refused}). Copy "
+                               "it again from your source's settings, and check the region.")
+        return render(org, errors, region, 422)
+    directory.save_write_key(org.org_id, write_key, region)
+    log.info("org saved its Segment write key", extra={
+        "org_id": org.org_id, "region": region, "unchecked": check.unchecked})
     # Done: changing the key again takes a new install, so this session can do no more.
     session.clear()
-    return redirect(current_app.config["DRIFT_SETTINGS_URL"], 303)
+    settings_url = current_app.config["DRIFT_SETTINGS_URL"]
+    if check.unchecked is not None:
+        # Not a block: Segment being down must not stop an install; delivery retries.
+        return message_page(
+            200, "Write key saved, but not checked",
+            f"{check.unchecked} to check the key, so it was saved as you entered it. Events "
+            "are delivered once Segment answers; if the key turns out wrong, they wait as "
+            "dead letters and you can install again with the right one.",
+            ("Continue to Drift", settings_url))
+    return redirect(settings_url, 303)
 
 
 def render(org: Org, errors: dict[str, str] | None = None, region: str | None = None,

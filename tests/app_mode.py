@@ -89,6 +89,8 @@ def events_by_write_key(segment: FakeSegment) -> dict[str, list[str]]:
     """The event names (or call types) Segment received, per write key."""
     received: dict[str, list[str]] = defaultdict(list)
     for batch, auth in zip(segment.batches, segment.auth, strict=True):
+        if not batch["batch"]:
+            continue  # the empty batch that checked a write key as it was saved
         key = base64.b64decode(auth.removeprefix("Basic ")).decode().rstrip(":")
         received[key] += [message.get("event") or message["type"] for message in batch["batch"]]
     return dict(received)

@@ -176,10 +176,12 @@ def test_camel_case_answer_without_org_id_asks_token_info(
 
 def test_write_key_is_saved_and_admin_sent_back_to_drift_settings(
         app_mode: Callable[..., Flask], drift: FakeDrift, segment: FakeSegment) -> None:
-    app = app_mode(SEGMENT_REGION_HOSTS={"us": segment.url, "eu": "https://eu.segment.test"})
-    install(app.test_client(), drift, ORG_A, WRITE_KEY_A, region="eu")
+    with FakeSegment() as eu_segment:
+        app = app_mode(SEGMENT_REGION_HOSTS={"us": segment.url, "eu": eu_segment.url})
+        install(app.test_client(), drift, ORG_A, WRITE_KEY_A, region="eu")
     secrets = app.extensions["routing"].directory.secrets(ORG_A)
-    assert (secrets.write_key, secrets.segment_host) == (WRITE_KEY_A, "https://eu.segment.test")
+    assert (secrets.write_key, secrets.segment_host) == (WRITE_KEY_A, eu_segment.url)
+    assert (eu_segment.checks, segment.checks) == ([WRITE_KEY_A], [])
 
 
 def test_reinstalling_updates_the_org(app_mode: Callable[..., Flask], drift: FakeDrift,
