@@ -30,6 +30,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from . import metrics
+from .deadlines import TookTooLong, call_within
 from .drift_api import DriftApi, DriftApiError, Missing
 from .lookups import Lookups
 from .routing import NO_DRIFT_TOKEN, Destination, Held, Routing
@@ -45,8 +46,15 @@ PRUNE_EVERY_SECONDS = 600
 # A round starts no new post after this share of its lease, so that even a post that
 # then takes its whole timeout ends before the lease does (no other loop takes the rows).
 ROUND_SHARE_OF_LEASE = 1 / 3
+# No post outlives this share of the lease, whatever Segment does (a wall-clock limit:
+# requests' timeout bounds each read, and an answer can trickle in a byte at a time).
+POSTS_END_BY_SHARE_OF_LEASE = 0.8
 # When a row that was not tried this round is due again.
 DEFER_SECONDS = 0.5
+
+
+class NotTried(Exception):
+    """A message the round had no time (or leave) to post: its row goes back untried."""
 
 
 def new_owner() -> str:
@@ -150,7 +158,7 @@ class Delivery:
         self.builder = MessageBuilder()
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
-        self.lookups = Lookups(on_done=self.wakeup.set)
+        self.lookups = Lookups(on_done=self.wakeup.set, limit_seconds=self.lookup_fallback())
         self.stitching = Stitching.from_settings(settings)
         # Rows sent back while a lookup ran: made due again once it has ended, then given
         # the lookups they waited for when claimed (forgotten if another loop claims them).
@@ -158,6 +166,7 @@ class Delivery:
         self._lookups_of_row: TTLCache[int, Lookups_] = TTLCache(100_000, 600)
         self._last_prune = 0.0
         self._lease_renewed_at = float("-inf")
+        self._lease_ends = float("inf")
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -170,7 +179,7 @@ class Delivery:
         workers' CPU. Idle, a new webhook wakes the loop at once.
         """
         wakeup = wakeup or self.wakeup
-        self.lookups = Lookups(on_done=wakeup.set)
+        self.lookups = Lookups(on_done=wakeup.set, limit_seconds=self.lookup_fallback())
         singleton = self.store.engine.dialect.name == "sqlite"
         poll = float(self.settings["DELIVERY_POLL_SECONDS"])
         batch_size = int(self.settings["DELIVERY_BATCH_SIZE"])
@@ -223,7 +232,9 @@ class Delivery:
         """
         self.make_due_after_lookups()
         lease = float(self.settings["DELIVERY_LEASE_SECONDS"])
-        deadline = time.monotonic() + lease * ROUND_SHARE_OF_LEASE
+        started = time.monotonic()
+        deadline = started + lease * ROUND_SHARE_OF_LEASE
+        self._lease_ends = started + lease * POSTS_END_BY_SHARE_OF_LEASE
         rows = self.store.claim(self.owner, int(self.settings["DELIVERY_BATCH_SIZE"]), lease)
         if not rows:
             return 0
@@ -327,7 +338,14 @@ class Delivery:
         if not lookup.done():
             waiting.append(Waiting(row, lookup, known))
             return WAIT
-        return lookup.result()
+        error = lookup.exception()
+        if error is None:
+            return lookup.result()
+        if isinstance(error, DriftApiError | Held):
+            raise error
+        # A hung or garbled answer, a refresh that raised: the Drift API's trouble, not
+        # the row's, so the row is retried, never dead-lettered as untranslatable.
+        raise DriftApiError(None, f"lookup failed: {error!r}"[:300], retryable=True)
 
     def conversation_lookup(self, row: StoredWebhook, conversation_id: int | str,
                             known: Lookups_) -> Future[Any] | Busy:
@@ -446,10 +464,10 @@ class Delivery:
                     outage = error
         for position, prepared in enumerate(rows):
             refusal = failed.get(position)
-            if refusal is not None:
-                outcomes.file(prepared.row, refusal)
-            elif position in not_tried:
+            if isinstance(refusal, NotTried) or (refusal is None and position in not_tried):
                 outcomes.deferred.append(Failure(prepared.row.id, "round ended before posting"))
+            elif refusal is not None:
+                outcomes.file(prepared.row, refusal)
             else:
                 outcomes.delivered.append(prepared.row.id)
                 if prepared.link is not None:
@@ -463,9 +481,14 @@ class Delivery:
         """Post a batch; on 400/413 (or an error raised while posting it) split it to find
         the messages at fault. The indexes that failed, with why."""
         assert destination.write_key is not None
+        write_key = destination.write_key
         try:
-            self.transport.post(destination.write_key, destination.host,
-                                [messages[i] for i in batch])
+            call_within(self._lease_ends - time.monotonic(), lambda: self.transport.post(
+                write_key, destination.host, [messages[i] for i in batch]))
+        except TookTooLong as error:
+            metrics.SEGMENT_BATCHES.labels(status="network").inc()
+            log.warning("segment did not answer in time", extra={"messages": len(batch)})
+            return [(index, SegmentError(None, str(error))) for index in batch]
         except SegmentError as error:
             metrics.SEGMENT_BATCHES.labels(status=str(error.status or "network")).inc()
             if error.status in (400, 413) and len(batch) > 1:
@@ -489,7 +512,8 @@ class Delivery:
               deadline: float, error: Exception) -> list[tuple[int, Exception]]:
         """Post each half of a refused batch on its own (unless the round is out of time)."""
         if time.monotonic() > deadline or self.stopping.is_set():
-            return [(index, error) for index in batch]
+            # Which message Segment refused is unknown: none may be dead-lettered for it.
+            return [(index, NotTried(str(error))) for index in batch]
         middle = len(batch) // 2
         return (self.post_isolating(destination, messages, batch[:middle], deadline)
                 + self.post_isolating(destination, messages, batch[middle:], deadline))

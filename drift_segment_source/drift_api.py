@@ -76,6 +76,16 @@ def make_session() -> requests.Session:
     return session
 
 
+def seconds(header: str) -> float | None:
+    """A Retry-After in seconds, or None when it is not a plain number ("²" is a digit to
+    ``str.isdigit`` but not to ``float``)."""
+    try:
+        value = float(header) if header.isascii() else None
+    except ValueError:
+        return None
+    return value if value is not None and value >= 0 else None
+
+
 class DriftApi:
     """Conversation lookups against ``DRIFT_API_URL`` with per-org credentials."""
 
@@ -194,9 +204,8 @@ class DriftApi:
         if status == 401:
             raise TokenRejected(401, "access token rejected", retryable=True)
         if status == 429 or status >= 500:
-            retry_after = response.headers.get("Retry-After", "")
             raise DriftApiError(status, response.reason or "", retryable=True,
-                                retry_after=float(retry_after) if retry_after.isdigit() else None)
+                                retry_after=seconds(response.headers.get("Retry-After", "")))
         if status >= 400:
             raise DriftApiError(status, response.reason or "", retryable=False)
         try:

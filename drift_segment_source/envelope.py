@@ -59,9 +59,12 @@ def _finite_float(text: str) -> float:
 
 
 def parse_json(body: bytes) -> Any:
-    """The body as JSON the store and Segment can carry, or Rejected(400) saying why not."""
+    """The body as JSON, or Rejected(400) saying why it is not."""
     try:
-        document = json.loads(body, parse_constant=_no_constants, parse_float=_finite_float)
+        # Strictly UTF-8 (json.loads would guess UTF-16 or UTF-32 from raw bytes, and let
+        # escapes the checks below look for in UTF-8 slip through).
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constants,
+                          parse_float=_finite_float)
     except UnicodeDecodeError:
         raise Rejected(400, "invalid_json", "Body is not UTF-8 encoded JSON.") from None
     except ValueError as error:
@@ -69,7 +72,12 @@ def parse_json(body: bytes) -> Any:
     except RecursionError:
         raise Rejected(400, "json_too_deep", f"Body is nested deeper than {MAX_DEPTH} levels.",
                        limit=MAX_DEPTH) from None
-    # Counting brackets is cheap and bounds the depth, so most bodies are never walked.
+
+
+def check_carriable(body: bytes, document: Any) -> None:
+    """Rejected(400) for JSON the store or Segment cannot carry: nesting deeper than
+    MAX_DEPTH, a lone UTF-16 surrogate. Run after the token check: only Drift's bodies are
+    walked, and only when a cheap look at the bytes says they may need it."""
     if body.count(b"{") + body.count(b"[") > MAX_DEPTH:
         path = too_deep(document)
         if path is not None:
@@ -80,27 +88,41 @@ def parse_json(body: bytes) -> Any:
         if path is not None:
             raise Rejected(400, "invalid_unicode", f"{path} holds a lone UTF-16 surrogate "
                            "escape (a truncated emoji?), which UTF-8 cannot store.", path=path)
-    return document
 
 
-def _children(value: Any, path: str) -> list[tuple[str, Any]]:
+# A walk keeps, for each value, its parent's entry and its key; the path is spelled out
+# only for the value at fault (spelling every path costs memory quadratic in the body).
+Trail = tuple[Any, Any] | None
+PATH_KEY_CHARACTERS = 40
+
+
+def spelled(trail: Trail) -> str:
+    """``data.items[3].name`` for a trail, keys cut to PATH_KEY_CHARACTERS."""
+    parts: list[str] = []
+    while trail is not None:
+        trail, key = trail
+        parts.append(f"[{key}]" if isinstance(key, int) else "." + str(key)[:PATH_KEY_CHARACTERS])
+    return "".join(reversed(parts)).lstrip(".") or "the body"
+
+
+def _children(value: Any, trail: Trail) -> list[tuple[Any, Trail]]:
     if isinstance(value, dict):
-        return [(f"{path}.{key}" if path else str(key), child) for key, child in value.items()]
+        return [(child, (trail, key)) for key, child in value.items()]
     if isinstance(value, list):
-        return [(f"{path}[{index}]", child) for index, child in enumerate(value)]
+        return [(child, (trail, index)) for index, child in enumerate(value)]
     return []
 
 
 def too_deep(document: Any) -> str | None:
     """The path of the first value nested deeper than MAX_DEPTH, if any."""
-    pending = [(document, "", 0)]
+    pending: list[tuple[Any, Trail, int]] = [(document, None, 0)]
     while pending:
-        value, path, depth = pending.pop()
+        value, trail, depth = pending.pop()
         if isinstance(value, dict | list):
             if depth >= MAX_DEPTH:
-                return path or "the body"
-            pending.extend((child, child_path, depth + 1)
-                           for child_path, child in _children(value, path))
+                return spelled(trail)
+            pending.extend((child, child_trail, depth + 1)
+                           for child, child_trail in _children(value, trail))
     return None
 
 
@@ -114,17 +136,17 @@ def _has_surrogate(text: str) -> bool:
 
 def lone_surrogate(document: Any) -> str | None:
     """The path of the first key or string holding a lone surrogate, if any."""
-    pending = [(document, "")]
+    pending: list[tuple[Any, Trail]] = [(document, None)]
     while pending:
-        value, path = pending.pop()
+        value, trail = pending.pop()
         if isinstance(value, str):
             if _has_surrogate(value):
-                return path or "the body"
+                return spelled(trail)
         elif isinstance(value, dict):
             for key in value:
                 if _has_surrogate(key):
-                    return f"a key under {path or 'the body'}"
-        pending.extend((child, child_path) for child_path, child in _children(value, path))
+                    return f"a key under {spelled(trail)}"
+        pending.extend(_children(value, trail))
     return None
 
 

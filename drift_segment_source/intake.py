@@ -21,14 +21,15 @@ from .routing import Routing
 from .segment_out import MessageBuilder, MessageTooLarge
 from .store import Store, StoreUnavailable, Unstorable, storage_error
 from .translators import TRANSLATORS, Translator, dedupe_key, translate
-from .translators.base import newest_event_time, receipt_ms
+from .translators.base import receipt_ms
 
 log = logging.getLogger("drift_segment_source.intake")
 
-# A Segment message holds only fields of the webhook's data, each at most three times its
-# UTF-8 size once JSON-escaped, plus about 1 KB of envelope: data up to this size always
-# fits Segment's 32 KB limit, so only larger webhooks are translated at the door to check.
-ALWAYS_FITS_BYTES = 10_000
+# A Segment message holds only fields of the webhook's data: each character at most three
+# times its UTF-8 size once JSON-escaped, a dotted trait name (`a.b`) at most three and a
+# half times once nested, plus about 1 KB of envelope. Data up to this size always fits
+# Segment's 32 KB limit, so only larger webhooks are translated at the door to check.
+ALWAYS_FITS_BYTES = 8_000
 # Drift's clock and ours may disagree a little; the dedupe horizon keeps a day of margin.
 HORIZON_MARGIN_SECONDS = 86_400
 # Stands in for the Drift API's conversation when measuring a message at the door.
@@ -98,12 +99,18 @@ def store_event(translator: Translator, envelope: Envelope, store: Store, routin
     too_large = oversize(translator, envelope, data, received_at)
     if too_large:
         invalid(store, envelope, {"data": [too_large]}, keep_invalid)
-    check_horizon(store, data)
-    key = dedupe_key(envelope.org_id, envelope.event_type,
-                     translator.identity(data, receipt_ms(received_at)))
-    stored_id = store.accept(envelope.org_id, envelope.event_type, key,
-                             envelope.stored_payload, received_at=received_at,
-                             hold_reason=route.hold)
+    check_horizon(store, translator.anchor_time(data))
+    try:
+        key = dedupe_key(envelope.org_id, envelope.event_type,
+                         translator.identity(data, receipt_ms(received_at)))
+        stored_id = store.accept(envelope.org_id, envelope.event_type, key,
+                                 envelope.stored_payload, received_at=received_at,
+                                 hold_reason=route.hold)
+    except UnicodeEncodeError:
+        # Webhooks are checked at the door (envelope.check_carriable); this catches what
+        # backfill brings from the Drift API.
+        raise Rejected(400, "invalid_unicode", "The webhook holds a lone UTF-16 surrogate, "
+                       "which UTF-8 cannot store.") from None
     if stored_id is None:
         return Taken("duplicate")
     return Taken("accepted", stored_id)
@@ -147,9 +154,8 @@ def oversize(translator: Translator, envelope: Envelope, data: dict[str, Any],
     return None
 
 
-def check_horizon(store: Store, data: dict[str, Any]) -> None:
+def check_horizon(store: Store, happened_ms: int | None) -> None:
     """Rejected(400) when the event happened before the dedupe keys kept (SPEC §5.10)."""
-    happened_ms = newest_event_time(data)
     if happened_ms is None:
         return
     horizon = store.dedupe_horizon()

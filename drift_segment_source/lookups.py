@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from .deadlines import call_within
+
 # Lookups running at once per delivery loop: enough for a burst of distinct conversations,
 # few enough to stay well inside Drift's rate limit. Others queue, up to MAX_QUEUED.
 MAX_RUNNING = 8
@@ -25,13 +27,17 @@ class Lookups:
     """Runs each distinct lookup once at a time, in at most MAX_RUNNING daemon threads."""
 
     def __init__(self, max_running: int = MAX_RUNNING,
-                 on_done: Callable[[], None] = lambda: None) -> None:
+                 on_done: Callable[[], None] = lambda: None,
+                 limit_seconds: float = 60.0) -> None:
         self._futures: dict[tuple[Any, ...], Future[Any]] = {}
         self._queue: deque[tuple[tuple[Any, ...], Callable[[], Any], Future[Any]]] = deque()
         self._threads = 0
         self._max_running = max_running
         self._lock = threading.Lock()
         self._on_done = on_done
+        # A Drift API answering a byte at a time outlives every read timeout: past this,
+        # the lookup fails (the row is retried) and its slot serves the next one.
+        self._limit = limit_seconds
 
     def start(self, key: tuple[Any, ...], call: Callable[[], Any]) -> Future[Any] | None:
         """The future of ``call`` (shared by rows asking for the same ``key`` until it
@@ -60,7 +66,7 @@ class Lookups:
                     return
                 key, call, future = self._queue.popleft()
             try:
-                result = call()
+                result = call_within(self._limit, call)
             except BaseException as error:  # the row that waits decides what it means
                 future.set_exception(error)
             else:

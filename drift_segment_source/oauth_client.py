@@ -96,7 +96,7 @@ class DriftOAuth:
         metrics.DRIFT_API_CALLS.labels(endpoint=endpoint, status=str(status)).inc()
         try:
             answer = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             answer = None
         if status >= 400:
             # 400/401/403 is Drift saying no (invalid_grant and the like); 429/5xx may pass.

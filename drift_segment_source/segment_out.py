@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import requests
 from segment.analytics import Client
+from segment.analytics import request as segment_request
 from segment.analytics.request import APIError, DatetimeSerializer, parse_retry_after, post
 
 from . import __version__
@@ -76,6 +77,8 @@ class MessageBuilder:
                                                 **options)
             else:
                 _, message = self._client.identify(traits=call.fields, **options)
+        except RecursionError:
+            raise  # nested too deep to serialise: not a size problem (RuntimeError below)
         except RuntimeError:
             raise MessageTooLarge(f"{call.message_id} is over Segment's 32 KB limit") from None
         built: dict[str, Any] = message
@@ -120,6 +123,9 @@ class HttpTransport:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
+        # The library's session follows redirects, turning the POST into a bodiless GET
+        # whose 2xx would pass for a delivery. A 3xx must reach us as an error (retried).
+        segment_request._session.max_redirects = 0
 
     def post(self, write_key: str, host: str, batch: list[dict[str, Any]]) -> None:
         try:
@@ -130,6 +136,9 @@ class HttpTransport:
                 retry_after = parse_retry_after(error.response)
             raise SegmentError(int(error.status), str(error.message)[:300],
                                retry_after) from None
+        except requests.TooManyRedirects:
+            raise SegmentError(None, "the host answered with a redirect; SEGMENT_HOST must be "
+                                     "the API itself") from None
         except requests.RequestException as error:
             raise SegmentError(None, type(error).__name__) from None
         except (ValueError, RecursionError) as error:

@@ -12,9 +12,10 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import ClientDisconnected
 
 from . import metrics
-from .envelope import Envelope, Rejected, parse_json, read_envelope
+from .envelope import Envelope, Rejected, check_carriable, parse_json, read_envelope
 from .intake import take_in
 from .routing import current_routing
 from .store import Store
@@ -36,6 +37,7 @@ def receive() -> tuple[Response, int]:
         body = read_body()
         document = parse_json(body)
         check_token(document)
+        check_carriable(body, document)
         envelope = read_envelope(document)
         event_type = envelope.event_type
         status, answer, outcome = store_webhook(envelope)
@@ -68,12 +70,23 @@ def read_body() -> bytes:
     # too; a stream read may return less than asked, hence the loop.
     chunks: list[bytes] = []
     size = 0
-    while size <= limit:
-        chunk = request.stream.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+    ended = True
+    try:
+        while size <= limit:
+            chunk = request.stream.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (ClientDisconnected, OSError):
+        ended = False  # a chunked body broke off
+    if not ended or (request.content_length is not None and size < request.content_length):
+        # The body stopped before its end: the client went away, or it was too slow and
+        # gunicorn_conf.DeadlineWorker cut it off to free the thread.
+        seconds = current_app.config["REQUEST_READ_TIMEOUT_SECONDS"]
+        raise Rejected(408, "request_timeout",
+                       f"The body did not arrive in full within {seconds:g} s.",
+                       seconds=seconds)
     body = b"".join(chunks)
     if len(body) > limit:
         raise Rejected(413, "payload_too_large", f"Body is over {limit} bytes.", limit=limit)

@@ -41,6 +41,7 @@ class FakeSegment:
         self.checks: list[str] = []
         self.delay = 0.0  # seconds to wait before answering a batch (slow Segment)
         self.failure_body: bytes | None = None  # the raw body of failing answers (garbage)
+        self.redirect_to: str | None = None  # answer every batch with a 301 to this URL
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,6 +61,8 @@ class FakeSegment:
                 self.send_header("Content-Length", str(len(payload)))
                 if status == 429 and fake._retry_after:
                     self.send_header("Retry-After", fake._retry_after)
+                if status == 301 and fake.redirect_to:
+                    self.send_header("Location", fake.redirect_to)
                 self.end_headers()
                 self.wfile.write(payload)
 
@@ -82,6 +85,8 @@ class FakeSegment:
     def _answer(self, path: str, headers: Any, body: bytes) -> tuple[int, dict[str, Any]]:
         with self._lock:
             self.requests += 1
+            if self.redirect_to and path == "/v1/batch":
+                return 301, {"code": "moved", "message": self.redirect_to}
             if path != "/v1/batch":
                 return 404, {"code": "not_found", "message": path}
             if self._fail_forever or self._fail_remaining > 0:

@@ -177,3 +177,73 @@ def test_upgrading_keeps_the_dedupe_keys_of_webhooks_already_stored(
     prune(app)
     assert webhook_rows(app) == 0
     assert answer(app, body) == {"status": "duplicate"}
+
+
+def test_a_change_back_and_forth_without_timestamps_is_three_events(
+        app: Flask, clock: Clock) -> None:
+    answers = []
+    for previous, updated in (("a@x.io", "b@x.io"), ("b@x.io", "a@x.io"), ("a@x.io", "b@x.io")):
+        answers.append(answer(app, webhook("contact_updated", {
+            "endUserId": 42, "diff": [{"name": "attributes.email", "previous": previous,
+                                       "updated": updated}]}))["status"])
+        clock.advance(60)
+    assert answers == ["accepted"] * 3
+
+
+def test_a_slot_that_comes_back_is_a_third_meeting_change(app: Flask, clock: Clock) -> None:
+    update = fixture("meeting_updated")
+    update["data"].pop("updatedAt", None)
+    answers = []
+    for slot in (1714482000000, 1714485600000, 1714482000000):
+        update["data"]["slotStart"] = slot
+        answers.append(answer(app, update)["status"])
+        clock.advance(60)
+    assert answers == ["accepted"] * 3
+
+
+def test_a_meeting_booked_before_the_horizon_and_rescheduled_since_is_refused(
+        app: Flask, clock: Clock) -> None:
+    booked = fixture("new_meeting")
+    assert answer(app, booked)["status"] == "accepted"
+    make_delivery(app).run_round()
+    clock.advance(91 * DAY)
+    prune(app)
+    clock.advance(HORIZON_CACHE_SECONDS + 1)
+    # Backfill reads the meeting as it is now: moved, with a fresh updatedAt.
+    now_ms = int(clock.now * 1000)
+    moved = json.loads(json.dumps(booked))
+    moved["data"].update(slotStart=now_ms + DAY * 1000, updatedAt=now_ms)
+    store, routing = app.extensions["store"], app.extensions["routing"]
+    assert store_webhooks(store, routing, [moved]) == {"beyond_dedupe_horizon": 1}
+
+
+def test_upgrading_keeps_events_stored_under_the_old_identities_duplicates(
+        make_app: AppFactory, clock: Clock) -> None:
+    import hashlib
+
+    app = make_app(CLOCK=clock, SEGMENT_WRITE_KEY="")
+    store = app.extensions["store"]
+    config = Config()
+    config.set_main_option("script_location", "drift_segment_source:migrations")
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001")
+    # A meeting stored by the version before: its key hashed the slot times too.
+    meeting = fixture("new_meeting")
+    data = meeting["data"]
+    old_identity = [data["eventId"], data["schedulerId"], None, data["slotStart"],
+                    data["scheduledAt"]]
+    old_key = "drift-new_meeting-" + hashlib.sha256(json.dumps(
+        [5000883, "new_meeting", *old_identity, -1], separators=(",", ":"), sort_keys=True,
+        ensure_ascii=False).encode()).hexdigest()[:32]
+    with store.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO webhooks (org_id, event_type, dedupe_key, payload, received_at, "
+            "queued_at, state, attempts, next_attempt_at, finished_at) VALUES (5000883, "
+            "'new_meeting', :key, :payload, :now, :now, 'delivered', 1, :now, :now)"),
+            {"key": old_key, "payload": json.dumps(meeting), "now": clock.now})
+    store.migrate()
+    clock.advance(8 * DAY)
+    prune(app)
+    assert webhook_rows(app) == 0
+    assert answer(app, meeting) == {"status": "duplicate"}

@@ -156,3 +156,37 @@ def test_database_errors_never_carry_a_body_into_answers_or_logs(
         connection.execute(text("INSERT INTO nowhere VALUES (:value)"), {"value": secret})
     assert secret not in str(raised.value)
     engine.dispose()
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_a_body_not_in_utf8_is_refused_before_anything_reads_it(app: Flask,
+                                                               encoding: str) -> None:
+    # json.loads guesses UTF-16/32 from raw bytes; escapes checked in UTF-8 would slip by.
+    text = conversation(',"eventId":"\\ud83d"')
+    answer = app.test_client().post("/webhooks/drift", data=text.encode(encoding),
+                                    content_type="application/json",
+                                    headers={"X-Verification-Token": TOKEN})
+    assert answer.status_code == 400
+    assert answer.get_json()["error"] == "invalid_json"
+    assert stored(app) == 0
+
+
+def test_an_unauthenticated_body_is_never_walked(app: Flask) -> None:
+    # A long key over many children made path strings quadratic in memory before the token
+    # was even read: 1 MB of body wanted about 120 GB.
+    key = "k" * 400_000
+    body = json.dumps({"type": "new_conversation", "orgId": 1,
+                       "data": {key: [[0]] * 90_000}}, separators=(",", ":")).encode()
+    assert len(body) < 1024 * 1024
+    answer = app.test_client().post("/webhooks/drift", data=body,
+                                    content_type="application/json",
+                                    headers={"X-Verification-Token": "wrong"})
+    assert answer.status_code == 401
+
+
+def test_the_path_of_a_fault_in_a_wide_body_is_spelled_short(app: Flask) -> None:
+    key = "k" * 100_000
+    text = conversation(f',"{key}":[' + ",".join(["1"] * 1000) + ',"\\ud83d"]')
+    status, body = raw_post(app, text)
+    assert (status, body["error"]) == (400, "invalid_unicode")
+    assert body["path"] == "data." + "k" * 40 + "[1000]"

@@ -16,7 +16,7 @@ from flask import Flask
 from drift_segment_source.app import make_delivery
 from drift_segment_source.delivery import Delivery
 from drift_segment_source.segment_out import HttpTransport
-from drift_segment_source.translators import TRANSLATORS
+from drift_segment_source.translators import TRANSLATORS, message_id
 
 from .conftest import AppFactory, webhook
 from .fakes import FakeDriftApi, FakeSegment
@@ -248,3 +248,87 @@ def test_failures_are_logged_without_bodies(app: Flask, segment: FakeSegment,
     make_delivery(app).run_round()
     assert "secret-body-text" not in json.dumps([record.__dict__ for record in caplog.records],
                                                 default=str)
+
+
+class SlowTransport(HttpTransport):
+    """Answers after ``seconds`` whatever the timeout: a Segment trickling its answer."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(timeout=1)
+        self.seconds = seconds
+
+    def post(self, write_key: str, host: str, batch: list[dict[str, Any]]) -> None:
+        time.sleep(self.seconds)
+        super().post(write_key, host, batch)
+
+
+def test_no_post_outlives_the_lease_whatever_segment_does(
+        make_app: AppFactory, segment: FakeSegment) -> None:
+    app = make_app(SEGMENT_HOST=segment.url, DELIVERY_LEASE_SECONDS=3,
+                   TRANSPORT=SlowTransport(6))
+    good = post_good(app, 10)
+    took = timed_round(make_delivery(app))
+    assert took < 3, "the round outlived its lease: another loop could send it again"
+    assert all(row(app, webhook_id)["state"] == "pending" and
+               row(app, webhook_id)["lease_owner"] is None for webhook_id in good)
+    assert "no answer within" in row(app, good[0])["last_error"]
+
+
+def test_a_refused_batch_the_round_has_no_time_to_split_goes_back_untried(
+        make_app: AppFactory, segment: FakeSegment) -> None:
+    app = make_app(SEGMENT_HOST=segment.url, DELIVERY_LEASE_SECONDS=2.4)
+    good = post_good(app, 10)
+    first = row(app, good[0])
+    segment.delay = 1.0  # the first post ends after the round's deadline (0.8 s)
+    with app.extensions["store"].engine.connect() as connection:
+        payload = connection.exec_driver_sql(
+            f"SELECT payload FROM webhooks WHERE id = {first['id']}").scalar_one()
+    data = json.loads(payload)["data"]
+    translator = TRANSLATORS["new_conversation"]
+    segment.refuse(message_id(5000883, "new_conversation", translator.identity(data, 0), 0))
+    make_delivery(app).run_round()
+    states = {row(app, webhook_id)["state"] for webhook_id in good}
+    assert states == {"pending"}, "no row may be dead-lettered for a message not found"
+    assert {row(app, webhook_id)["attempts"] for webhook_id in good} == {0}
+
+
+def test_a_redirecting_segment_host_is_an_error_not_a_delivery(
+        make_app: AppFactory, segment: FakeSegment) -> None:
+    app = make_app(SEGMENT_HOST=segment.url)
+    good = post_good(app, 5)
+    segment.redirect_to = segment.url + "/elsewhere"  # a GET there would answer 404
+    make_delivery(app).run_round()
+    assert {row(app, webhook_id)["state"] for webhook_id in good} == {"pending"}
+    assert "redirect" in row(app, good[0])["last_error"]
+    assert segment.messages == []
+
+
+def test_a_lookup_answering_a_byte_at_a_time_frees_its_slot_and_is_retried() -> None:
+    from drift_segment_source.deadlines import TookTooLong
+    from drift_segment_source.lookups import Lookups
+
+    lookups = Lookups(max_running=1, limit_seconds=0.3)
+    hanging = lookups.start(("conversation", 1, "slow"), lambda: time.sleep(5))
+    quick = lookups.start(("conversation", 1, "quick"), lambda: "answer")
+    assert hanging is not None and quick is not None
+    assert isinstance(hanging.exception(timeout=2), TookTooLong)
+    assert quick.result(timeout=2) == "answer", "the one slot went on to the next lookup"
+
+
+def test_garbled_retry_after_and_refresh_answers_are_retried(
+        app: Flask, segment: FakeSegment, drift: FakeDriftApi,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from drift_segment_source.drift_api import seconds
+
+    assert [seconds(value) for value in ("30", "2.5", "²", "", "nan", "-1")] == [
+        30.0, 2.5, None, None, None, None]
+    delivery = make_delivery(app)
+    # A lookup that raises what no Drift client should (a refresh that hit RecursionError).
+    monkeypatch.setattr(delivery.drift_api, "conversation",
+                        lambda *args: (_ for _ in ()).throw(RecursionError("deep")))
+    bad = post(app, participant())
+    good = post_good(app, 5)
+    delivery.run_round()
+    assert delivered_ids(app, good) == set(good)
+    assert row(app, bad)["state"] == "pending"
+    assert "RecursionError" in row(app, bad)["last_error"]

@@ -23,9 +23,6 @@ Data = dict[str, Any]
 Conversation = Mapping[str, Any]
 # (validated data, receipt time in epoch ms) → the values that identify the Drift event.
 Identity = Callable[[Data, int], Iterable[Any]]
-# Fields that hold when something happened, in epoch ms; the newest bounds how long ago the
-# event could first have reached us (the dedupe horizon, SPEC §5.10).
-TIME_FIELDS = ("changedAt", "createdAt", "pushedAt", "scheduledAt", "timestamp", "updatedAt")
 
 
 class NoContact(ValueError):
@@ -63,6 +60,11 @@ class ContactFacts:
     email: str | None = None
 
 
+def no_time(data: Data) -> int | None:
+    """The event carries no time its identity depends on."""
+    return None
+
+
 def no_facts(data: Data) -> ContactFacts:
     """Most events say nothing about who the contact is."""
     return ContactFacts()
@@ -78,6 +80,9 @@ class Translator:
     build: Callable[[Data, Conversation | None], list[Draft]]
     conversation_needed: Callable[[Data], int | str | None] = field(default=lambda data: None)
     contact_facts: Callable[[Data], ContactFacts] = no_facts
+    # When the event happened, as its identity knows it (epoch ms): the event's dedupe key
+    # can be no older, which is what the dedupe horizon is checked against (SPEC §5.10).
+    anchor_time: Callable[[Data], int | None] = no_time
 
     def validate(self, data: Mapping[str, Any]) -> Data:
         """Load ``data`` with the schema; raises marshmallow's ValidationError."""
@@ -111,11 +116,14 @@ def is_contact_id(value: Any) -> bool:
             and value.isdigit() and int(value) < 2**63)
 
 
-def newest_event_time(data: Mapping[str, Any]) -> int | None:
-    """The latest of the event's own times (epoch ms), or None when it carries none."""
-    times = [value for name in TIME_FIELDS
-             if isinstance(value := data.get(name), int) and not isinstance(value, bool)]
-    return max(times, default=None)
+def time_of(name: str) -> Callable[[Data], int | None]:
+    """The event time in field ``name`` (epoch ms, validated), None when absent or 0."""
+    def anchor(data: Data) -> int | None:
+        value = data.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value else None
+    return anchor
+
+
 
 
 def receipt_ms(received_at: datetime | float) -> int:

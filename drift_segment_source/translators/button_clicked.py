@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import ValidationError, fields, validates
 
-from .base import Conversation, Data, Draft, Translator, pick
+from .base import Conversation, Data, Draft, Translator, pick, time_of
 from .fields import DriftId, DriftSchema, EventTime, Integer, Numeric
 
 LOCATION_FIELDS = ("city", "country", "countryName", "latitude", "longitude", "postalCode",
@@ -73,4 +73,5 @@ TRANSLATOR = Translator(
     schema=ButtonClickedData(),
     identity=identity,
     build=build,
+    anchor_time=time_of("createdAt"),
 )

@@ -12,7 +12,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validates_schema
 
-from .base import ContactFacts, Conversation, Data, Draft, Translator, pick
+from .base import ContactFacts, Conversation, Data, Draft, Translator, pick, time_of
 from .fields import DriftId, DriftSchema, EventTime, Integer
 
 TRAITS = ("email", "name", "phone", "externalId")
@@ -67,4 +67,5 @@ TRANSLATOR = Translator(
                                         attributes(data).get("externalId")],
     build=build,
     contact_facts=facts,
+    anchor_time=time_of("timestamp"),
 )

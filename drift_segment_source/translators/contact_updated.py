@@ -13,17 +13,25 @@ from typing import Any
 
 from marshmallow import ValidationError, fields
 
-from .base import ContactFacts, Conversation, Data, Draft, Translator
+from .base import ContactFacts, Conversation, Data, Draft, Translator, time_of
 from .fields import AnyJson, DriftId, DriftSchema, EventTime, Integer
 
 ATTRIBUTE_PREFIX = "attributes."
 CHANGE_FIELDS = ("name", "previous", "updated")
 
 
+# Drift's nested attributes are a level or two deep; each dot nests the trait once more.
+MAX_TRAIT_DEPTH = 8
+
+
 def names_a_trait(name: str) -> None:
-    """A name that leaves no trait (``attributes.``, ``..``) cannot be sent."""
-    if not trait_path(name):
+    """A name that leaves no trait (``attributes.``, ``..``), or one nesting the trait
+    absurdly deep, cannot be sent."""
+    path = trait_path(name)
+    if not path:
         raise ValidationError("names no attribute")
+    if len(path) > MAX_TRAIT_DEPTH:
+        raise ValidationError(f"nests the trait deeper than {MAX_TRAIT_DEPTH} levels")
 
 
 class Change(DriftSchema):
@@ -69,7 +77,10 @@ def identity(data: Data, received_ms: int) -> list[object]:
     kept = [{key: change[key] for key in CHANGE_FIELDS if key in change}
             for change in data["diff"]]
     changes = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
-    return [data["endUserId"], data.get("timestamp"), hashlib.sha256(changes.encode()).hexdigest()]
+    # Without its timestamp, a change back and forth (a→b, b→a, a→b) repeats the same
+    # diff: the receipt time tells the third from the first.
+    when = data["timestamp"] if data.get("timestamp") is not None else received_ms
+    return [data["endUserId"], when, hashlib.sha256(changes.encode()).hexdigest()]
 
 
 def facts(data: Data) -> ContactFacts:
@@ -89,4 +100,5 @@ TRANSLATOR = Translator(
     identity=identity,
     build=build,
     contact_facts=facts,
+    anchor_time=time_of("timestamp"),
 )

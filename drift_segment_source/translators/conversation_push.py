@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from marshmallow import fields
 
-from .base import Conversation, Data, Draft, Translator, pick
+from .base import Conversation, Data, Draft, Translator, pick, time_of
 from .fields import DriftId, EventTime, FlattenedSchema, IdList, Integer
 
 PUSH_FIELDS = ("conversationId", "pushedAt", "source", "userId")
@@ -63,4 +63,5 @@ TRANSLATOR = Translator(
     identity=identity,
     build=build,
     conversation_needed=conversation_needed,
+    anchor_time=time_of("pushedAt"),
 )

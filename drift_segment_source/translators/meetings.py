@@ -10,7 +10,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validates_schema
 
-from .base import Conversation, Data, Draft, Translator, pick
+from .base import Conversation, Data, Draft, Translator, pick, time_of
 from .fields import Boolean, DriftId, DriftSchema, EventTime, Integer
 
 
@@ -66,9 +66,9 @@ def new_meeting_identity(data: Data, received_ms: int) -> list[object]:
 
 
 def meeting_updated_identity(data: Data, received_ms: int) -> list[object]:
-    # Each change of a booking is its own event: updatedAt says when, else the new slot.
-    when = data.get("updatedAt") or data.get("slotStart")
-    return [*booking(data), data.get("eventType"), when]
+    # Each change of a booking is its own event: updatedAt says when (0 means unknown),
+    # else the receipt time (a slot can come back: X → Y → X are three changes).
+    return [*booking(data), data.get("eventType"), data.get("updatedAt") or received_ms]
 
 
 def meeting_translator(event_type: str, properties: tuple[str, ...]) -> Translator:
@@ -78,6 +78,11 @@ def meeting_translator(event_type: str, properties: tuple[str, ...]) -> Translat
         fields = pick(with_contact(data), properties)
         return [Draft("track", contact_id(data), fields, data.get("scheduledAt"))]
 
-    identity = new_meeting_identity if event_type == "new_meeting" else meeting_updated_identity
-    return Translator(event_type=event_type, schema=MeetingData(), identity=identity,
-                      build=build)
+    if event_type == "new_meeting":
+        # The booking's key dates from when it was booked, however recent its updatedAt.
+        return Translator(event_type=event_type, schema=MeetingData(),
+                          identity=new_meeting_identity, build=build,
+                          anchor_time=time_of("scheduledAt"))
+    return Translator(event_type=event_type, schema=MeetingData(),
+                      identity=meeting_updated_identity, build=build,
+                      anchor_time=time_of("updatedAt"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import fields
 
-from .base import Conversation, Data, Draft, Translator, pick
+from .base import Conversation, Data, Draft, Translator, pick, time_of
 from .fields import DriftId, DriftSchema, EventTime, Integer
 
 PROPERTIES = ("contactId", "createdAt", "id", "inboxId", "relatedPlaybookId", "status",
@@ -30,4 +30,5 @@ TRANSLATOR = Translator(
     schema=NewConversationData(),
     identity=lambda data, received_ms: [data["id"]],
     build=build,
+    anchor_time=time_of("createdAt"),
 )

@@ -6,7 +6,7 @@ from ``data.contactId`` when present, else from the Conversation (``GET /convers
 
 from __future__ import annotations
 
-from .base import Conversation, Data, Draft, Translator, pick
+from .base import Conversation, Data, Draft, Translator, pick, time_of
 from .fields import DriftId, EventTime, FlattenedSchema, IdList
 
 
@@ -46,4 +46,5 @@ def participant_translator(event_type: str, list_name: str) -> Translator:
         ],
         build=build,
         conversation_needed=conversation_needed,
+        anchor_time=time_of("changedAt"),
     )
