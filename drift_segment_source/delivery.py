@@ -30,6 +30,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from . import metrics
+from .breakers import PARKED_REASONS, Breakers, drift_key, segment_key
 from .deadlines import TookTooLong, call_within
 from .drift_api import DriftApi, DriftApiError, Missing
 from .lookups import Lookups
@@ -57,6 +58,14 @@ class NotTried(Exception):
     """A message the round had no time (or leave) to post: its row goes back untried."""
 
 
+class Parked(Exception):
+    """The row's destination has an open circuit: it waits ``seconds`` for the probe."""
+
+    def __init__(self, reason: str, seconds: float) -> None:
+        super().__init__(reason)
+        self.seconds = seconds
+
+
 def new_owner() -> str:
     """A name for this delivery loop, unique across processes and hosts."""
     return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -81,11 +90,15 @@ class Outcomes:
     awaiting_lookup: list[Failure] = field(default_factory=list)
     # Keys of the linking identifies Segment confirmed (identity stitching).
     links_sent: list[bytes] = field(default_factory=list)
+    # Rows whose destination's circuit is open: back untried until its next probe.
+    parked: list[Failure] = field(default_factory=list)
 
     def file(self, row: StoredWebhook, error: Exception) -> None:
         """File a row under what ``error`` means for it; nothing else is affected."""
         if isinstance(error, Held):
             self.held[error.reason].append(Failure(row.id, str(error)))
+        elif isinstance(error, Parked):
+            self.parked.append(Failure(row.id, str(error), error.seconds))
         elif isinstance(error, DriftApiError | SegmentError) and error.retryable:
             self.retry.append(Failure(row.id, str(error), error.retry_after))
         elif isinstance(error, DriftApiError | SegmentError | MessageTooLarge | NoContact):
@@ -160,6 +173,7 @@ class Delivery:
         self.wakeup = threading.Event()
         self.lookups = Lookups(on_done=self.wakeup.set, limit_seconds=self.lookup_fallback())
         self.stitching = Stitching.from_settings(settings)
+        self.breakers = Breakers(on_change=store.set_breaker, clock=clock)
         # Rows sent back while a lookup ran: made due again once it has ended, then given
         # the lookups they waited for when claimed (forgotten if another loop claims them).
         self._awaiting_lookup: dict[int, Future[Any]] = {}
@@ -254,12 +268,19 @@ class Delivery:
         return len(rows)
 
     def make_due_after_lookups(self) -> None:
-        """Rows sent back to wait for a lookup that has ended are due now."""
+        """Rows sent back to wait for a lookup that has ended, or for a destination that
+        has recovered, are due now."""
         ended = [row_id for row_id, lookup in self._awaiting_lookup.items() if lookup.done()]
         if ended:
             self.store.make_due(ended)
             for row_id in ended:
                 del self._awaiting_lookup[row_id]
+        for key, orgs in self.breakers.recovered():
+            kind = key.partition(":")[0]
+            # Rows parked behind the breaker, and those that failed just before it opened.
+            prefixes = [PARKED_REASONS[kind], "Segment " if kind == "segment" else "Drift API"]
+            made_due = self.store.make_due_after(orgs, prefixes)
+            log.info("destination recovered", extra={"destination": key, "made_due": made_due})
 
     def prune_now_and_then(self) -> None:
         """Delete delivered rows and dedupe keys past their retention, every few minutes."""
@@ -341,6 +362,13 @@ class Delivery:
         error = lookup.exception()
         if error is None:
             return lookup.result()
+        breaker = drift_key(row.org_id)
+        if self.breakers.is_open(breaker) and not (
+                isinstance(error, Held) or (isinstance(error, DriftApiError)
+                                            and not error.retryable)):
+            # The org's Drift API is down: the row waits for the next probe, no attempt spent.
+            raise Parked(f"{PARKED_REASONS['drift']}: it is not answering (circuit open)",
+                         self.breakers.probe_in(breaker))
         if isinstance(error, DriftApiError | Held):
             raise error
         # A hung or garbled answer, a refresh that raised: the Drift API's trouble, not
@@ -360,7 +388,7 @@ class Delivery:
                                        "set DRIFT_ACCESS_TOKEN")
         return self.start_lookup(("conversation", org_id, str(conversation_id)), known,
                                  lambda: self.drift_api.conversation(org_id, conversation_id,
-                                                                     credentials))
+                                                                     credentials), org_id)
 
     def contact_lookup(self, row: StoredWebhook, contact_id: str,
                        known: Lookups_) -> Future[Any] | Busy | None:
@@ -374,18 +402,42 @@ class Delivery:
         if credentials is None:
             return None
         return self.start_lookup(("contact", org_id, contact_id), known,
-                                 lambda: self.drift_api.contact(org_id, contact_id, credentials))
+                                 lambda: self.drift_api.contact(org_id, contact_id, credentials),
+                                 org_id)
 
-    def start_lookup(self, key: tuple[Any, ...], known: Lookups_,
-                     call: Callable[[], Any]) -> Future[Any] | Busy:
-        """The row's earlier lookup of ``key`` if it has one, else a new (or shared) one."""
+    def start_lookup(self, key: tuple[Any, ...], known: Lookups_, call: Callable[[], Any],
+                     org_id: int) -> Future[Any] | Busy:
+        """The row's earlier lookup of ``key`` if it has one, else a new (or shared) one;
+        Parked while the org's Drift API circuit is open."""
         if key in known:
             return known[key]
-        lookup = self.lookups.start(key, call)
+        breaker = drift_key(org_id)
+        if not self.breakers.allows(breaker, {org_id}):
+            raise Parked(f"{PARKED_REASONS['drift']}: it is not answering (circuit open)",
+                         self.breakers.probe_in(breaker))
+        lookup = self.lookups.start(key, lambda: self.reporting(breaker, org_id, call))
         if lookup is None:
             return BUSY
         known[key] = lookup
         return lookup
+
+    def reporting(self, breaker: str, org_id: int, call: Callable[[], Any]) -> Any:
+        """Run a lookup and tell the org's breaker whether the Drift API answered."""
+        try:
+            result = call()
+        except DriftApiError as error:
+            if error.retryable:
+                self.breakers.failed(breaker, {org_id})
+            else:
+                self.breakers.succeeded(breaker)  # a 404 is an answer
+            raise
+        except Held:
+            raise
+        except Exception:
+            self.breakers.failed(breaker, {org_id})
+            raise
+        self.breakers.succeeded(breaker)
+        return result
 
     def finish_lookups(self, waiting: list[Waiting], outcomes: Outcomes) -> list[Prepared]:
         """Wait briefly for the round's lookups, preparing each row again as its lookup ends
@@ -450,21 +502,44 @@ class Delivery:
         failed: dict[int, Exception] = {}
         not_tried: set[int] = set()
         outage: SegmentError | None = None
-        for batch in batches(messages):
-            if outage is not None:
-                # Segment is down: don't hammer it, retry later.
-                failed.update({row_of[i]: outage for i in batch})
+        assert destination.write_key is not None
+        breaker = segment_key(destination.host, destination.write_key)
+        orgs = {prepared.row.org_id for prepared in rows}
+        parked: set[int] = set()
+        for batch in self.probe_first(breaker, list(batches(messages)), row_of):
+            if outage is not None or not self.breakers.allows(breaker, orgs):
+                if self.breakers.is_open(breaker):
+                    # Segment is down: its rows wait for the probe, spending no attempt.
+                    parked.update(row_of[i] for i in batch)
+                else:
+                    failed.update({row_of[i]: outage or SegmentError(None, "")
+                                   for i in batch})
                 continue
             if self.stopping.is_set() or time.monotonic() > deadline:
                 not_tried.update(row_of[i] for i in batch)
                 continue
+            answered = True
             for index, error in self.post_isolating(destination, messages, batch, deadline):
                 failed.setdefault(row_of[index], error)
                 if isinstance(error, SegmentError) and error.retryable:
-                    outage = error
+                    outage, answered = error, False
+            if answered:
+                self.breakers.succeeded(breaker)
+            else:
+                self.breakers.failed(breaker, orgs)
+        circuit_open = self.breakers.is_open(breaker)
         for position, prepared in enumerate(rows):
             refusal = failed.get(position)
-            if isinstance(refusal, NotTried) or (refusal is None and position in not_tried):
+            if circuit_open and isinstance(refusal, SegmentError) and refusal.retryable:
+                # Tried (the probe, or the batch that opened the circuit), but the outage is
+                # the destination's: the row waits for the next probe like the others.
+                parked.add(position)
+                refusal = None
+            if position in parked and refusal is None:
+                outcomes.parked.append(Failure(
+                    prepared.row.id, f"{PARKED_REASONS['segment']}: {destination.host} is "
+                    "not answering (circuit open)", self.breakers.probe_in(breaker)))
+            elif isinstance(refusal, NotTried) or (refusal is None and position in not_tried):
                 outcomes.deferred.append(Failure(prepared.row.id, "round ended before posting"))
             elif refusal is not None:
                 outcomes.file(prepared.row, refusal)
@@ -473,6 +548,17 @@ class Delivery:
                 if prepared.link is not None:
                     outcomes.links_sent.append(prepared.link[0])
                 metrics.DELIVERY_LATENCY.observe(max(0.0, self.clock() - prepared.row.received_at))
+
+    def probe_first(self, breaker: str, planned: list[list[int]],
+                    row_of: list[int]) -> list[list[int]]:
+        """The batches to post; while the destination's circuit is open, the first is one
+        row's messages alone, so a probe costs one attempt, not a batch of them."""
+        if not planned or not self.breakers.is_open(breaker):
+            return planned
+        first = planned[0]
+        probe = [index for index in first if row_of[index] == row_of[first[0]]]
+        rest = [index for index in first if row_of[index] != row_of[first[0]]]
+        return [probe, *([rest] if rest else []), *planned[1:]]
 
     def post_isolating(
         self, destination: Destination, messages: list[dict[str, Any]], batch: list[int],
@@ -540,12 +626,14 @@ class Delivery:
             retry=self.schedule(retry, outcomes.attempts),
             deferred={self.clock() + DEFER_SECONDS: outcomes.deferred,
                       self.clock() + self.lookup_fallback(): outcomes.awaiting_lookup},
+            parked=outcomes.parked,
             remember=outcomes.links_sent,
         )
         counts = {"delivered": len(outcomes.delivered), "dry_run": len(outcomes.dry_run),
                   "dead": len(outcomes.dead) + len(exhausted), "retried": len(retry),
                   "held": sum(len(failures) for failures in outcomes.held.values()),
-                  "deferred": len(outcomes.deferred) + len(outcomes.awaiting_lookup)}
+                  "deferred": len(outcomes.deferred) + len(outcomes.awaiting_lookup),
+                  "parked": len(outcomes.parked)}
         for outcome, number in counts.items():
             if number:
                 metrics.DELIVERIES.labels(outcome=outcome).inc(number)

@@ -38,6 +38,15 @@ def readyz() -> tuple[Response, int]:
         checks["store"] = {"ok": False, "error": str(error)}
     except Exception as error:  # any database error means "not ready", never a 500
         checks["store"] = {"ok": False, "error": type(error).__name__}
+    try:
+        # Delivery stops spending attempts on these until a probe succeeds (SPEC §5.9).
+        # Counts only: a breaker's name can hold an org id.
+        opened = store.open_breakers()
+        checks["circuits"] = {"ok": True, "open": len(opened),
+                              "segment": sum(key.startswith("segment:") for key in opened),
+                              "drift_api": sum(key.startswith("drift:") for key in opened)}
+    except Exception as error:  # reported by the store check above
+        checks["circuits"] = {"ok": False, "error": type(error).__name__}
     checks.update(current_app.extensions["routing"].readiness())
     ready = checks["store"]["ok"] and checks["config"]["ok"]
     return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503

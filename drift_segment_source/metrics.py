@@ -81,6 +81,13 @@ class BacklogCollector(Collector):
         age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         yield GaugeMetricFamily(PREFIX + "oldest_pending_age_seconds",
                                 "Age of the oldest webhook waiting for delivery.", value=age)
+        opened = self.store.open_breakers()
+        circuits = GaugeMetricFamily(PREFIX + "open_circuits",
+                                     "Destinations whose circuit breaker is open, by kind.",
+                                     labels=["destination"])
+        for kind in ("segment", "drift"):
+            circuits.add_metric([kind], sum(key.startswith(kind + ":") for key in opened))
+        yield circuits
         by_state = GaugeMetricFamily(PREFIX + "stored_webhooks",
                                      "Stored webhooks by event type and state.",
                                      labels=["type", "state"])

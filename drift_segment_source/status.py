@@ -91,6 +91,8 @@ def snapshot(store: Store) -> dict[str, Any]:
         "hours": hours,
         "dead_letters": store.dead_letters(10),
         "retrying": store.retrying(10),
+        "open_circuits": [{"destination": key, "open_seconds": round(now - since, 1)}
+                          for key, since in sorted(store.open_breakers().items())],
     }
 
 

@@ -227,6 +227,7 @@ class Store:
         held: Mapping[str, Iterable[Failure]] | None = None,
         retry: Mapping[float, Iterable[Failure]] | None = None,
         deferred: Mapping[float, Iterable[Failure]] | None = None,
+        parked: Iterable[Failure] = (),
         remember: Sequence[bytes] = (),
     ) -> int:
         """Write a delivery round's outcomes in one transaction (one fsync, not one per row).
@@ -250,6 +251,14 @@ class Store:
         for due_at, failures in (retry or {}).items():
             for reason, ids in by_reason(failures).items():
                 changes.append((ids, {"next_attempt_at": due_at, "last_error": reason}))
+        by_wait: dict[tuple[str, float], list[int]] = {}
+        for failure in parked:
+            wait = round(failure.retry_after or 0.0, 1)
+            by_wait.setdefault((failure.reason, wait), []).append(failure.id)
+        for (reason, wait), ids in by_wait.items():
+            # Not tried either: the attempt comes back, and the reason says what it waits for.
+            changes.append((ids, {"next_attempt_at": now + wait, "last_error": reason,
+                                  "attempts": webhooks.c.attempts - 1}))
         for due_at, failures in (deferred or {}).items():
             # Not tried, so the attempt counted at claim time is given back.
             ids = [failure.id for failure in failures]
@@ -279,6 +288,40 @@ class Store:
         with self.engine.connect() as connection:
             return {bytes(key) for key in connection.execute(
                 select(dedupe_keys.c.digest).where(dedupe_keys.c.digest.in_(wanted))).scalars()}
+
+    def make_due_after(self, org_ids: Iterable[int], reasons: Sequence[str]) -> int:
+        """Make the orgs' rows that wait for a recovered destination due now: those whose
+        last error starts with one of ``reasons``."""
+        orgs = list(org_ids)
+        if not orgs:
+            return 0
+        statement = (
+            update(webhooks)
+            .where(IS_PENDING, webhooks.c.lease_owner.is_(None), webhooks.c.org_id.in_(orgs),
+                   or_(*(webhooks.c.last_error.startswith(reason, autoescape=True)
+                         for reason in reasons)))
+            .values(next_attempt_at=self.clock())
+        )
+        with self._writing() as connection:
+            return connection.execute(statement).rowcount
+
+    def set_breaker(self, key: str, opened_at: float | None) -> None:
+        """Record a destination's circuit as open since ``opened_at``, or closed (None)."""
+        name = "breaker:" + key[:55]
+        with self._writing() as connection:
+            if opened_at is None:
+                connection.execute(delete(watermarks).where(watermarks.c.name == name))
+            else:
+                connection.execute(
+                    self._insert(watermarks).values(name=name, value=opened_at)
+                    .on_conflict_do_update(index_elements=["name"], set_={"value": opened_at}))
+
+    def open_breakers(self) -> dict[str, float]:
+        """Destinations whose circuit is open, with since when (epoch seconds)."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(watermarks.c.name, watermarks.c.value).where(
+                watermarks.c.name.startswith("breaker:"))).all()
+        return {name.removeprefix("breaker:"): float(value) for name, value in rows}
 
     def make_due(self, ids: Sequence[int]) -> int:
         """Make waiting rows due now (their Drift API lookup has ended)."""

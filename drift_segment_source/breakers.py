@@ -1,0 +1,121 @@
+"""Circuit breakers, one per destination (SPEC §5.9): outages cost no attempts, end fast.
+
+A destination is a Segment host and write key, or the Drift API of one org. After
+FAILURES_TO_OPEN retryable failures in a row it opens: its rows are not attempted (they go
+back to the store, parked, with no attempt spent) until a probe is due. One probe at a time
+(per delivery loop) tests recovery; when it succeeds the breaker closes and the loop makes
+every row parked for that destination due at once, instead of each waiting for its own
+backoff. Open breakers are written to the store, so ``/readyz``, ``/status`` and
+``/metrics`` of every process show them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+FAILURES_TO_OPEN = 3
+# How long an open breaker waits before letting one probe through (and again after each
+# failed probe): short, because a probe costs one batch and recovery should show at once.
+PROBE_SECONDS = 5.0
+# The reasons rows are parked under, by kind of destination: the loop makes due the rows
+# whose last error starts with one, when that destination recovers.
+PARKED_REASONS = {"segment": "waiting for Segment", "drift": "waiting for the Drift API"}
+
+
+def segment_key(host: str, write_key: str) -> str:
+    """The breaker of one Segment source (the write key only as a short hash)."""
+    digest = hashlib.sha256(write_key.encode()).hexdigest()[:12]
+    return f"segment:{host}:{digest}"
+
+
+def drift_key(org_id: int) -> str:
+    """The breaker of one org's Drift API access."""
+    return f"drift:{org_id}"
+
+
+@dataclass
+class Breaker:
+    """One destination's state: consecutive failures, and when a probe is next allowed."""
+
+    failures: int = 0
+    probe_at: float | None = None  # None: closed
+    orgs: set[int] = field(default_factory=set)  # whose rows are parked behind it
+
+
+class Breakers:
+    """This delivery loop's breakers. Thread-safe: Drift lookups report from their threads.
+
+    ``on_change(key, opened_at)`` records a breaker opening (a time) or closing (None).
+    """
+
+    def __init__(self, on_change: Callable[[str, float | None], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self._breakers: dict[str, Breaker] = {}
+        self._recovered: list[tuple[str, set[int]]] = []
+        self._lock = threading.Lock()
+        self._on_change = on_change
+        self._clock = clock
+
+    def allows(self, key: str, orgs: set[int]) -> bool:
+        """Whether to attempt the destination now: closed, or open with a probe due (this
+        caller is then the probe; the next waits PROBE_SECONDS)."""
+        with self._lock:
+            breaker = self._breakers.setdefault(key, Breaker())
+            if breaker.probe_at is None:
+                return True
+            breaker.orgs |= orgs
+            if self._clock() < breaker.probe_at:
+                return False
+            breaker.probe_at = self._clock() + PROBE_SECONDS
+            return True
+
+    def probe_in(self, key: str) -> float:
+        """Seconds until the destination's next probe (0 when closed)."""
+        with self._lock:
+            breaker = self._breakers.get(key)
+            if breaker is None or breaker.probe_at is None:
+                return 0.0
+            return max(0.0, breaker.probe_at - self._clock())
+
+    def succeeded(self, key: str) -> None:
+        """The destination answered: close its breaker, and remember its parked rows."""
+        with self._lock:
+            breaker = self._breakers.setdefault(key, Breaker())
+            breaker.failures = 0
+            if breaker.probe_at is None:
+                return
+            breaker.probe_at = None
+            self._recovered.append((key, breaker.orgs))
+            breaker.orgs = set()
+        self._on_change(key, None)
+
+    def failed(self, key: str, orgs: set[int]) -> bool:
+        """The destination did not answer (network, 429, 5xx); True when it is open now."""
+        with self._lock:
+            breaker = self._breakers.setdefault(key, Breaker())
+            breaker.failures += 1
+            breaker.orgs |= orgs
+            if breaker.probe_at is not None:
+                breaker.probe_at = self._clock() + PROBE_SECONDS  # the probe failed
+                return True
+            if breaker.failures < FAILURES_TO_OPEN:
+                return False
+            breaker.probe_at = self._clock() + PROBE_SECONDS
+        self._on_change(key, self._clock())
+        return True
+
+    def is_open(self, key: str) -> bool:
+        """Whether the destination's breaker is open."""
+        with self._lock:
+            breaker = self._breakers.get(key)
+            return breaker is not None and breaker.probe_at is not None
+
+    def recovered(self) -> list[tuple[str, set[int]]]:
+        """Destinations closed since the last call, with the orgs whose rows wait."""
+        with self._lock:
+            found, self._recovered = self._recovered, []
+        return found
