@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 FAILURES_TO_OPEN = 3
 # How long an open breaker waits before letting one probe through (and again after each
 # failed probe): short, because a probe costs one batch and recovery should show at once.
-PROBE_SECONDS = 5.0
+PROBE_SECONDS = 2.0
 # The reasons rows are parked under, by kind of destination: the loop makes due the rows
 # whose last error starts with one, when that destination recovers.
 PARKED_REASONS = {"segment": "waiting for Segment", "drift": "waiting for the Drift API"}

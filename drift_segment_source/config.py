@@ -83,6 +83,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", None,
             "sqlite:///path or postgres://...; unset means a SQLite file in the instance folder.",
             secret=True),
+    Setting("DATABASE_CONNECT_TIMEOUT_SECONDS", 5.0,
+            "PostgreSQL: how long connecting may take (libpq counts whole seconds, at least "
+            "2).", parse=_number),
+    Setting("DATABASE_STATEMENT_TIMEOUT_SECONDS", 30.0,
+            "PostgreSQL: longest a statement may run before it is cancelled (0: no limit, "
+            "e.g. for a long migration).", parse=_number),
     Setting("SECRET_KEY", None,
             "Signs sessions and OAuth state, encrypts secrets at rest.", secret=True,
             required_in="app mode"),
@@ -93,6 +99,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WEB_THREADS", 4, "Threads per gunicorn worker (gthread).", parse=_integer),
     Setting("MAX_BODY_BYTES", 1024 * 1024, "Largest webhook body accepted (413 above).",
             parse=_integer),
+    Setting("REQUEST_READ_TIMEOUT_SECONDS", 5.0,
+            "Longest a client may take to send a request, head and body (serve); a slower "
+            "one is cut off (a webhook body with 408), so slow clients cannot hold threads.",
+            parse=_number),
     Setting("DELIVERY_IN_WEB", True,
             "Run the delivery loop inside the web workers (off when a `worker` process runs it).",
             parse=_flag),
@@ -119,6 +129,16 @@ SETTINGS: tuple[Setting, ...] = (
             parse=_number),
     Setting("RETENTION_DAYS", 7.0, "Delivered rows are pruned after this many days.",
             parse=_number),
+    Setting("HELD_MAX_AGE_HOURS", 168.0,
+            "Held rows (waiting for a write key or Drift token) become dead letters, with the "
+            "reason, after this many hours.", parse=_number),
+    Setting("DEAD_LETTER_RETENTION_DAYS", 30.0,
+            "Dead letters are deleted this many days after they died.", parse=_number),
+    Setting("QUARANTINE_RETENTION_DAYS", 30.0,
+            "Quarantined payloads are deleted this many days after they arrived.",
+            parse=_number),
+    Setting("METRICS_TOKEN", None,
+            "Bearer token that /metrics then requires; unset: /metrics is open.", secret=True),
     Setting("DEDUPE_RETENTION_DAYS", 90.0,
             "Dedupe keys (16 bytes per event) are kept this long; an event older than the "
             "keys kept is refused rather than sent twice.",

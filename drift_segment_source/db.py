@@ -79,6 +79,9 @@ Index("webhooks_finished", webhooks.c.finished_at, sqlite_where=IS_FINISHED,
 # Dead letters, newest first, without reading past millions of delivered rows.
 IS_DEAD = webhooks.c.state == literal_column("'dead'")
 Index("webhooks_dead", webhooks.c.id, sqlite_where=IS_DEAD, postgresql_where=IS_DEAD)
+# Held rows by age (they become dead letters after HELD_MAX_AGE_HOURS) and by reason.
+IS_HELD = webhooks.c.state == literal_column("'held'")
+Index("webhooks_held", webhooks.c.queued_at, sqlite_where=IS_HELD, postgresql_where=IS_HELD)
 
 # Every Drift event ever stored, as the 16-byte digest of its dedupe key: kept for
 # DEDUPE_RETENTION_DAYS, far longer than the webhook rows, so a redelivery, replay or backfill
@@ -111,7 +114,11 @@ quarantine = Table(
     Column("errors", Text, nullable=False),
     Column("received_at", Float, nullable=False),
     Column("released_at", Float),
+    # 16 bytes of the stored payload's SHA-256: the same payload quarantined again is kept once.
+    Column("digest", LargeBinary(16)),
 )
+Index("quarantine_digest", quarantine.c.digest, unique=True)
+Index("quarantine_received", quarantine.c.received_at)
 
 # Named leases: on SQLite only the holder of "delivery" runs a delivery loop.
 leases = Table(

@@ -288,9 +288,12 @@ class Delivery:
         if now - self._last_prune < PRUNE_EVERY_SECONDS:
             return
         self._last_prune = now
+        self.apply_retention(now)
         pruned = self.store.prune(now - float(self.settings["RETENTION_DAYS"]) * 86400)
+        metrics.DROPPED.labels(what="delivered").inc(pruned)
         forgotten = self.store.prune_dedupe_keys(
             now - float(self.settings["DEDUPE_RETENTION_DAYS"]) * 86400)
+        metrics.DROPPED.labels(what="dedupe_key").inc(forgotten)
         if forgotten:
             log.info("pruned dedupe keys", extra={"count": forgotten})
         # The planner needs fresh statistics of a table that churns this much (PostgreSQL
@@ -298,6 +301,30 @@ class Delivery:
         self.store.analyze()
         if pruned:
             log.info("pruned delivered webhooks", extra={"count": pruned})
+
+    def apply_retention(self, now: float) -> None:
+        """Held rows past HELD_MAX_AGE_HOURS become dead letters; dead letters and
+        quarantine entries past their retention are deleted, each counted and logged first
+        (SPEC §5.11)."""
+        max_age = float(self.settings["HELD_MAX_AGE_HOURS"])
+        expired = self.store.expire_held(now - max_age * 3600, max_age)
+        if expired:
+            metrics.DROPPED.labels(what="held_expired").inc(expired)
+            metrics.DELIVERIES.labels(outcome="dead").inc(expired)
+            log.warning("held rows became dead letters", extra={
+                "count": expired, "held_max_age_hours": max_age})
+        for what, setting, prune in (
+                ("dead", "DEAD_LETTER_RETENTION_DAYS", self.store.prune_dead),
+                ("quarantine", "QUARANTINE_RETENTION_DAYS", self.store.prune_quarantine)):
+            days = float(self.settings[setting])
+            before = now - days * 86400
+            going = self.store.count_older(what, before)
+            if not going:
+                continue
+            log.warning("deleting rows past their retention", extra={
+                "what": what, "count": going, "retention_days": days})
+            metrics.DROPPED.labels(what="dead_letter" if what == "dead" else "quarantined"
+                                   ).inc(prune(before))
 
     # -- one row ----------------------------------------------------------------------------
 

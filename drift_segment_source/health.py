@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from . import config, metrics
 from .store import Store, StoreUnavailable
@@ -53,7 +54,15 @@ def readyz() -> tuple[Response, int]:
 
 
 @blueprint.get("/metrics")
-def metrics_endpoint() -> Response:
-    """Prometheus text exposition."""
+def metrics_endpoint() -> Response | tuple[Response, int]:
+    """Prometheus text exposition; behind ``METRICS_TOKEN`` (Bearer) when one is set."""
+    required = current_app.config.get("METRICS_TOKEN")
+    if required:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                presented.strip().encode(), str(required).encode()):
+            answer = jsonify(error="unauthorized", message="METRICS_TOKEN required (Bearer).")
+            answer.headers["WWW-Authenticate"] = "Bearer"
+            return answer, 401
     body, content_type = metrics.exposition(current_app.extensions["store"])
     return Response(body, content_type=content_type)

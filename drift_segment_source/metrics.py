@@ -51,6 +51,11 @@ DELIVERY_LATENCY = Histogram(
     "From receipt of a webhook to Segment's 2xx for its messages.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
 )
+DROPPED = Counter(
+    PREFIX + "dropped_total",
+    "What retention removed or gave up on, by kind (logged before it goes).",
+    ["what"],
+)
 DRIFT_API_CALLS = Counter(
     PREFIX + "drift_api_requests_total",
     "Calls to the Drift API, by endpoint and HTTP status (or 'network').",
@@ -89,11 +94,19 @@ class BacklogCollector(Collector):
             circuits.add_metric([kind], sum(key.startswith(kind + ":") for key in opened))
         yield circuits
         by_state = GaugeMetricFamily(PREFIX + "stored_webhooks",
-                                     "Stored webhooks by event type and state.",
+                                     "Stored webhooks waiting, by event type and state "
+                                     "(pending, held, dead).",
                                      labels=["type", "state"])
-        for (event_type, state), number in sorted(self.store.counts().items()):
+        for (event_type, state), number in sorted(self.store.waiting_counts().items()):
             by_state.add_metric([event_type, state], number)
         yield by_state
+
+
+def store_gauges(store: Store) -> bytes:
+    """The gauges read from the store (each count on a partial index: see Store)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BacklogCollector(store))
+    return generate_latest(registry)
 
 
 def exposition(store: Store) -> tuple[bytes, str]:
@@ -104,6 +117,4 @@ def exposition(store: Store) -> tuple[bytes, str]:
         counters = generate_latest(registry)
     else:
         counters = generate_latest(REGISTRY)
-    backlog_registry = CollectorRegistry(auto_describe=False)
-    backlog_registry.register(BacklogCollector(store))
-    return counters + generate_latest(backlog_registry), CONTENT_TYPE_LATEST
+    return counters + store_gauges(store), CONTENT_TYPE_LATEST

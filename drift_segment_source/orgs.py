@@ -369,8 +369,8 @@ class AppRouting:
             "ok": True,
             "installed": len(installed),
             "awaiting_write_key": sum(1 for org in installed if not org.has_write_key),
-            "needs_reinstall": [org.org_id for org in installed
-                                if org.status == NEEDS_REINSTALL],
+            # A count: /readyz answers anyone; `orgs list` and /status name the orgs.
+            "needs_reinstall": sum(1 for org in installed if org.status == NEEDS_REINSTALL),
         }}
 
     def _secrets(self, org_id: int) -> OrgSecrets:

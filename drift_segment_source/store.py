@@ -6,6 +6,7 @@ and :meth:`Store.quarantine`; everything else belongs to delivery and operations
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -15,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy import and_, delete, func, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError, StatementError
@@ -26,6 +27,7 @@ from .commits import Unstorable as Unstorable  # raised by Store's methods
 from .db import (
     IS_DEAD,
     IS_FINISHED,
+    IS_HELD,
     IS_PENDING,
     dedupe_keys,
     leases,
@@ -152,22 +154,30 @@ class Store:
         return self._group_commit.submit(row)
 
     def quarantine(self, org_id: int | None, event_type: str, payload: str, errors: Any) -> int:
-        """Keep a payload whose data failed its schema, with the field errors."""
+        """Keep a payload whose data failed its schema, with the field errors; the same
+        payload again (Drift retrying a 422?) is kept once. The entry's id."""
+        digest = hashlib.sha256(payload.encode("utf-8")).digest()[:16]
         try:
             with self._writing() as connection:
-                result = connection.execute(
-                    insert(quarantine).values(
+                inserted = connection.execute(
+                    self._insert(quarantine).values(
                         org_id=org_id,
                         event_type=event_type,
                         payload=payload,
                         errors=json.dumps(errors, sort_keys=True, default=str),
                         received_at=self.clock(),
-                    )
-                )
+                        digest=digest,
+                    ).on_conflict_do_nothing(index_elements=["digest"])
+                    .returning(quarantine.c.id)
+                ).scalar()
+                if inserted is None:
+                    inserted = connection.execute(
+                        select(quarantine.c.id).where(quarantine.c.digest == digest)).scalar()
         except SQLAlchemyError as error:
             raise storage_error(error) from None
-        assert result.inserted_primary_key is not None
-        return int(result.inserted_primary_key[0])
+        if inserted is None:  # pruned between the two statements
+            raise StoreUnavailable("the quarantine entry could not be kept")
+        return int(inserted)
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -398,6 +408,65 @@ class Store:
         )
         with self.engine.connect() as connection:
             return {(row[0], row[1]): int(row[2]) for row in connection.execute(statement)}
+
+    def waiting_counts(self) -> dict[tuple[str, str], int]:
+        """Rows per (event type, state) for the states that wait: pending, held, dead.
+
+        Each state is counted on its own partial index, so the cost follows what waits,
+        never the delivered rows kept for RETENTION_DAYS (a /metrics scrape is as cheap
+        with a million delivered rows as with none).
+        """
+        found: dict[tuple[str, str], int] = {}
+        with self.engine.connect() as connection:
+            for state, condition in (("pending", IS_PENDING), ("held", IS_HELD),
+                                     ("dead", IS_DEAD)):
+                statement = (select(webhooks.c.event_type, func.count()).where(condition)
+                             .group_by(webhooks.c.event_type))
+                for event_type, number in connection.execute(statement):
+                    found[(event_type, state)] = int(number)
+        return found
+
+    def held_by_reason(self) -> dict[str, int]:
+        """Held rows per hold reason (what each waits for)."""
+        statement = (select(webhooks.c.hold_reason, func.count()).where(IS_HELD)
+                     .group_by(webhooks.c.hold_reason))
+        with self.engine.connect() as connection:
+            return {str(reason): int(number) for reason, number in connection.execute(statement)}
+
+    def expire_held(self, queued_before: float, max_age_hours: float) -> int:
+        """Held rows queued before ``queued_before`` become dead letters with the reason."""
+        now = self.clock()
+        statement = (
+            update(webhooks)
+            .where(IS_HELD, webhooks.c.queued_at < queued_before)
+            .values(state="dead", finished_at=now,
+                    last_error=literal_column(f"'held over {max_age_hours:g} hours: '")
+                    + func.coalesce(webhooks.c.last_error, webhooks.c.hold_reason))
+        )
+        with self._writing() as connection:
+            return connection.execute(statement).rowcount
+
+    def prune_dead(self, died_before: float) -> int:
+        """Delete dead letters that died before ``died_before``."""
+        statement = delete(webhooks).where(IS_DEAD, webhooks.c.finished_at < died_before)
+        with self._writing() as connection:
+            return connection.execute(statement).rowcount
+
+    def prune_quarantine(self, received_before: float) -> int:
+        """Delete quarantine entries received before ``received_before``."""
+        statement = delete(quarantine).where(quarantine.c.received_at < received_before)
+        with self._writing() as connection:
+            return connection.execute(statement).rowcount
+
+    def count_older(self, what: str, before: float) -> int:
+        """How many rows a prune of ``what`` (dead, quarantine) would delete: said first."""
+        statement = (
+            select(func.count()).where(IS_DEAD, webhooks.c.finished_at < before)
+            if what == "dead" else
+            select(func.count()).select_from(quarantine).where(quarantine.c.received_at < before)
+        )
+        with self.engine.connect() as connection:
+            return int(connection.execute(statement).scalar_one())
 
     def backlog(self) -> tuple[int, float | None]:
         """How many rows wait for delivery, and the receipt time of the oldest."""

@@ -5,7 +5,9 @@ when the probe succeeds."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,9 @@ from drift_segment_source.breakers import FAILURES_TO_OPEN, PROBE_SECONDS
 
 from .conftest import AppFactory, webhook
 from .fakes import FakeDriftApi, FakeSegment
+from .reliability import distinct_webhooks, post_concurrently, save_report, states
+from .service import Service
+from .test_reliability import service_env, wait_for
 
 
 class Clock:
@@ -165,3 +170,35 @@ def test_open_circuits_show_on_metrics_and_status(make_app: AppFactory, segment:
     assert [circuit["destination"].split(":")[0] for circuit in status["open_circuits"]] == [
         "segment"]
     assert json.dumps(status).count("waiting for Segment") >= 1
+
+
+@pytest.mark.slow
+def test_a_real_service_resumes_within_seconds_after_an_outage(
+        database_url: str, segment: FakeSegment, tmp_path: Path) -> None:
+    # The real `serve` (2 workers), a backlog built while Segment is down, then recovery.
+    env = service_env(database_url, segment, DELIVERY_BATCH_SIZE="500")
+    segment.fail_always(503)
+    service = Service("serve", env, tmp_path / "service.log")
+    try:
+        service.wait_ready()
+        posted = post_concurrently(service.url, distinct_webhooks(2000))
+        assert len(posted.accepted) == 2000
+        time.sleep(20)  # long enough for every row's own backoff to reach tens of seconds
+        failed_posts = segment.requests
+        segment.recover()
+        recovered = time.monotonic()
+        assert wait_for(lambda: len(segment.message_id_counts()) >= 1, 30), service.log()
+        first = time.monotonic() - recovered
+        assert wait_for(lambda: len(segment.message_id_counts()) >= 2000, 60), service.log()
+        drained = time.monotonic() - recovered
+    finally:
+        service.stop()
+    report = {"database": database_url.split(":")[0], "backlog": 2000, "outage_seconds": 20,
+              "failed_posts_during_outage": failed_posts,
+              "recovery_to_first_delivery_seconds": round(first, 2),
+              "recovery_to_drained_seconds": round(drained, 2),
+              "states": states(database_url)}
+    save_report(f"outage-recovery-{report['database']}", report)
+    assert first <= PROBE_SECONDS + 3
+    assert drained <= PROBE_SECONDS + 15
+    assert failed_posts <= 2 * (FAILURES_TO_OPEN + 20 / PROBE_SECONDS + 2)  # two workers
