@@ -98,6 +98,7 @@ class OrgDirectory:
         self._secrets: TTLCache[int, OrgSecrets] = TTLCache(CACHE_SIZE, CACHE_SECONDS)
         # The caches are shared by the web threads (gthread) and are not thread-safe.
         self._lock = threading.Lock()
+        self._renewing: dict[int, threading.Lock] = {}  # one token refresh per org at a time
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -200,11 +201,20 @@ class OrgDirectory:
 
     def renew_tokens(self, org_id: int, stale_access_token: str,
                      renew: Callable[[str], TokenGrant]) -> str:
-        """A fresh access token: renewed with ``renew`` unless another process just did.
+        """A fresh access token: renewed with ``renew`` unless another thread or process
+        just did.
 
-        The row is locked meanwhile (PostgreSQL), so workers that find the token expiring at
-        the same moment renew it once; SQLite runs a single delivery loop and needs no lock.
+        Lookups of one org run in several threads, and Drift accepts a refresh token once:
+        they take turns on a lock of the org in this process, and the row is locked too
+        (PostgreSQL) for other processes. Whoever comes second finds the new token.
         """
+        with self._lock:
+            org_lock = self._renewing.setdefault(org_id, threading.Lock())
+        with org_lock:
+            return self._renew_once(org_id, stale_access_token, renew)
+
+    def _renew_once(self, org_id: int, stale_access_token: str,
+                    renew: Callable[[str], TokenGrant]) -> str:
         with self.engine.begin() as connection:
             row = connection.execute(
                 select(orgs).where(orgs.c.org_id == org_id).with_for_update()
