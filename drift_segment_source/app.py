@@ -61,9 +61,10 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
         app.extensions["routing"] = SelfHostedRouting(settings)
     app.extensions["delivery_wakeup"] = threading.Event()
 
-    from . import client_script, health, oauth, pages, status, webhooks
+    from . import client_script, health, oauth, pages, segment_webhooks, status, webhooks
 
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(segment_webhooks.blueprint)
     app.register_blueprint(client_script.blueprint)
     app.register_blueprint(health.blueprint)
     pages.init_app(app)

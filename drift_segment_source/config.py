@@ -60,6 +60,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DRIFT_VERIFICATION_TOKEN", (),
             "Verification token(s) of the Drift app, comma-separated during rotation.",
             parse=_token_list, secret=True, required_in="all modes"),
+    Setting("SEGMENT_SHARED_SECRET", (),
+            "Shared secret(s) of Segment's Webhooks destination, comma-separated during "
+            "rotation; enables POST /webhooks/segment (self-hosted).",
+            parse=_token_list, secret=True),
+    Setting("SEGMENT_UNKNOWN_USER_RETRY_MINUTES", 60.0,
+            "How long a Segment event for a user Drift does not know yet is retried (its "
+            "identify may be on the way), counted from receipt, before it is dead-lettered.",
+            parse=_number),
     Setting("DRIFT_ACCESS_TOKEN", None,
             "Bearer token for the Drift API, used to look up conversations.", secret=True),
     Setting("DRIFT_API_URL", "https://driftapi.com", "Drift API base URL."),
@@ -192,6 +200,10 @@ def missing(settings: Mapping[str, Any]) -> list[str]:
         problems.append("DRIFT_VERIFICATION_TOKEN: required to accept webhooks (all get 401)")
     if app_mode(settings) and not settings.get("SECRET_KEY"):
         problems.append("SECRET_KEY: required in app mode (DRIFT_CLIENT_ID/SECRET are set)")
+    if (settings.get("SEGMENT_SHARED_SECRET") and not app_mode(settings)
+            and not settings.get("DRIFT_ACCESS_TOKEN")):
+        problems.append("DRIFT_ACCESS_TOKEN: Segment → Drift (SEGMENT_SHARED_SECRET is set) "
+                        "writes with it; until it is set, Segment's messages are held")
     return problems
 
 

@@ -33,12 +33,16 @@ from . import metrics
 from .breakers import PARKED_REASONS, Breakers, drift_key, segment_key
 from .deadlines import TookTooLong, call_within
 from .drift_api import DriftApi, DriftApiError, Missing
+from .drift_writes import DriftWrites, NotYet
 from .lookups import Lookups
 from .routing import NO_DRIFT_TOKEN, Destination, Held, Routing
 from .segment_out import MessageBuilder, MessageTooLarge, SegmentError, Transport, batches
+from .segment_translators import EVENT_TYPE_PREFIX as SEGMENT_EVENT_PREFIX
+from .segment_translators import translate as drift_actions
 from .stitching import Stitching, facts_of_contact, merged
 from .store import Failure, Store, StoredWebhook
 from .translators import TRANSLATORS, NoContact, translate
+from .translators.base import receipt_ms
 
 log = logging.getLogger("drift_segment_source.delivery")
 
@@ -166,6 +170,7 @@ class Delivery:
         self.routing = routing
         self.transport = transport
         self.drift_api = drift_api
+        self.drift_writes = DriftWrites(drift_api)
         self.clock = clock
         self.owner = owner or new_owner()
         self.builder = MessageBuilder()
@@ -342,6 +347,9 @@ class Delivery:
         if self.clock() - row.queued_at > max_age:
             outcomes.dead.append(Failure(row.id, f"undelivered after {max_age / 3600:g} hours"))
             return
+        if row.event_type.startswith(SEGMENT_EVENT_PREFIX):
+            self.prepare_for_drift(row, outcomes, waiting, known)
+            return
         translator = TRANSLATORS.get(row.event_type)
         if translator is None:
             outcomes.dead.append(Failure(row.id, f"no translator for {row.event_type}"))
@@ -375,6 +383,40 @@ class Delivery:
             outcomes.file(row, error)
             return
         ready.append(Prepared(row, destination, messages, link_message))
+
+    # -- Segment → Drift (SPEC §10) ---------------------------------------------------------
+
+    def prepare_for_drift(self, row: StoredWebhook, outcomes: Outcomes,
+                          waiting: list[Waiting], known: Lookups_) -> None:
+        """A Segment message: its Drift API writes run beside the round exactly like a lookup
+        (the lookup threads, their wall-clock limit, the org's Drift circuit), and the row is
+        delivered once they are done. Whatever it raises is filed under this row alone."""
+        try:
+            actions = drift_actions(row.payload, receipt_ms(row.received_at))
+            credentials = self.routing.drift_credentials(row.org_id)
+            if credentials is None:
+                raise Held(NO_DRIFT_TOKEN, "Segment → Drift writes need DRIFT_ACCESS_TOKEN")
+            write = self.start_lookup(
+                ("drift_write", row.org_id, row.id), known,
+                lambda: self.drift_writes.apply(row.org_id, actions, credentials), row.org_id)
+            applied = self.outcome(row, write, known, outcomes, waiting)
+            if applied is WAIT:
+                return
+            if isinstance(applied, NotYet):
+                raise self.unknown_user(row, applied)
+        except Exception as error:
+            outcomes.file(row, error)
+            return
+        outcomes.delivered.append(row.id)
+
+    def unknown_user(self, row: StoredWebhook, not_yet: NotYet) -> DriftApiError:
+        """A user Drift does not know yet: retried until SEGMENT_UNKNOWN_USER_RETRY_MINUTES
+        after receipt (the identify that creates the contact may be on its way), then dead."""
+        minutes = float(self.settings["SEGMENT_UNKNOWN_USER_RETRY_MINUTES"])
+        if self.clock() - row.received_at < minutes * 60:
+            return DriftApiError(404, not_yet.reason, retryable=True)
+        return DriftApiError(404, f"{not_yet.reason} ({minutes:g} minutes after receipt)",
+                             retryable=False)
 
     def outcome(self, row: StoredWebhook, lookup: Future[Any] | Busy, known: Lookups_,
                 outcomes: Outcomes, waiting: list[Waiting]) -> Any:

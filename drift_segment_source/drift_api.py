@@ -1,5 +1,5 @@
 """The Drift API edge: the conversation (and, for identity stitching, contact) lookups some
-events need, cached.
+events need, cached; and the contact writes of the Segment → Drift direction.
 
 Failures are classified, not retried at length here: the delivery loop reschedules only the
 affected rows (with backoff) so one slow lookup never stalls the others.
@@ -87,7 +87,8 @@ def seconds(header: str) -> float | None:
 
 
 class DriftApi:
-    """Conversation lookups against ``DRIFT_API_URL`` with per-org credentials."""
+    """Conversation lookups and contact writes against ``DRIFT_API_URL`` with per-org
+    credentials."""
 
     def __init__(self, base_url: str, timeout: float,
                  session: requests.Session | None = None) -> None:
@@ -173,22 +174,71 @@ class DriftApi:
         found: list[dict[str, Any]] = body.get("data") or []
         return found
 
+    # -- contact writes (Segment → Drift, SPEC §10; scope contact_write) ----------------------
+
+    def contact_by_external_id(self, external_id: str, credentials: Credentials
+                               ) -> dict[str, Any] | None:
+        """The contact whose externalId is ``external_id``
+        (``GET /contacts?idType=external&id=…``), or None when Drift has none."""
+        query = urlencode({"idType": "external", "id": external_id})
+        try:
+            body = self._get(f"/contacts?{query}", "contacts_by_external_id", credentials)
+        except DriftApiError as error:
+            if error.status != 404:
+                raise
+            return None
+        found = body.get("data") if isinstance(body, dict) else None
+        # Drift answers a list, as for ?email=; a single object is read too.
+        contacts = [found] if isinstance(found, dict) else found
+        if not isinstance(contacts, list):
+            raise DriftApiError(200, "contact answer has no data", retryable=True)
+        with_id = [contact for contact in contacts
+                   if isinstance(contact, dict) and contact.get("id") is not None]
+        exact = [contact for contact in with_id
+                 if (contact.get("attributes") or {}).get("externalId") == external_id]
+        chosen = exact or with_id
+        return chosen[0] if chosen else None
+
+    def update_contact(self, contact_id: int | str, attributes: dict[str, Any],
+                       credentials: Credentials) -> Any:
+        """``PATCH /contacts/{id}`` with ``{"attributes": …}`` (only those change)."""
+        return self._call("PATCH", f"/contacts/{contact_id}", "contacts_update", credentials,
+                          {"attributes": attributes})
+
+    def create_contact(self, attributes: dict[str, Any], credentials: Credentials) -> Any:
+        """``POST /contacts`` with ``{"attributes": …}`` (``email`` required by Drift)."""
+        return self._call("POST", "/contacts", "contacts_create", credentials,
+                          {"attributes": attributes})
+
+    def timeline_event(self, event: dict[str, Any], credentials: Credentials) -> Any:
+        """``POST /contacts/timeline``: ``{contactId | externalId, event, createdAt}``."""
+        return self._call("POST", "/contacts/timeline", "contacts_timeline", credentials, event)
+
     def _get(self, path: str, endpoint: str, credentials: Credentials) -> Any:
+        return self._call("GET", path, endpoint, credentials)
+
+    def _call(self, method: str, path: str, endpoint: str, credentials: Credentials,
+              body: dict[str, Any] | None = None) -> Any:
         token = credentials.access_token
         if credentials.renew_first and credentials.refresh:
             token = credentials.refresh()
         for renewed in (credentials.renew_first, True):
-            response = self._request(path, endpoint, token)
+            response = self._request(path, endpoint, token, method, body)
             if response.status_code == 401 and credentials.refresh and not renewed:
                 token = credentials.refresh()
                 continue
             break
+        if method != "GET" and response.ok and not response.content.strip():
+            return None  # a write Drift confirmed without a body
         return self._answer(response)
 
-    def _request(self, path: str, endpoint: str, token: str) -> requests.Response:
+    def _request(self, path: str, endpoint: str, token: str, method: str = "GET",
+                 body: dict[str, Any] | None = None) -> requests.Response:
         try:
-            response = self.session.get(
+            response = self.session.request(
+                method,
                 self.base_url + path,
+                json=body,
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                 timeout=self.timeout,
             )

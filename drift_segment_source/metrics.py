@@ -32,6 +32,11 @@ WEBHOOKS = Counter(
     "Webhooks received at /webhooks/drift, by Drift event type and what they got.",
     ["type", "outcome"],
 )
+SEGMENT_WEBHOOKS = Counter(
+    PREFIX + "segment_webhook_messages_total",
+    "Segment messages received at /webhooks/segment, by Segment call type and what they got.",
+    ["type", "outcome"],
+)
 DELIVERIES = Counter(
     PREFIX + "deliveries_total",
     "Stored webhooks leaving a delivery round, by outcome.",
