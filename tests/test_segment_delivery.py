@@ -1,0 +1,291 @@
+"""Delivery of Segment messages to Drift (SPEC §10): the same store and loop as the other
+direction, with retries, dead letters and the Drift circuit; Segment is never posted to."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import text
+
+from drift_segment_source.app import make_delivery
+from drift_segment_source.breakers import drift_key
+from drift_segment_source.drift_api import Credentials, DriftApiError
+from drift_segment_source.drift_writes import DriftWrites, NotYet
+from drift_segment_source.segment_translators import Timeline, Upsert
+
+from .conftest import FIXED_RECEIPT, AppFactory
+from .fake_drift_contacts import FakeDriftContacts
+from .fakes import FakeSegment
+from .segment_sender import SECRET, sign, stringify
+
+KNOWN = {"id": 21760538950, "createdAt": 1714300000000,
+         "attributes": {"email": "ada@example.com", "externalId": "user-8841"}}
+
+
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = FIXED_RECEIPT
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def drift() -> Iterator[FakeDriftContacts]:
+    with FakeDriftContacts() as fake:
+        yield fake
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def app(make_app: AppFactory, drift: FakeDriftContacts, segment: FakeSegment,
+        clock: Clock) -> Flask:
+    return make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url,
+                    SEGMENT_HOST=segment.url, CLOCK=clock, SEGMENT_UNKNOWN_USER_RETRY_MINUTES=1)
+
+
+def send(app: Flask, message: dict[str, Any]) -> None:
+    body = stringify(message)
+    answer = app.test_client().post("/webhooks/segment", data=body, headers={
+        "Content-Type": "application/json", "X-Signature": sign(body)})
+    assert answer.get_json()["status"] == "accepted", answer.get_json()
+
+
+def track(user_id: str = "user-8841", message_id: str = "t-1") -> dict[str, Any]:
+    return {"type": "track", "messageId": message_id, "userId": user_id,
+            "event": "Order Completed", "timestamp": "2024-04-29T19:40:00.123Z"}
+
+
+def identify(user_id: str = "user-8841", message_id: str = "i-1",
+             **traits: Any) -> dict[str, Any]:
+    return {"type": "identify", "messageId": message_id, "userId": user_id,
+            "traits": traits or {"email": "ada@example.com", "name": "Ada"},
+            "timestamp": "2024-04-29T19:35:12.996Z"}
+
+
+def states(app: Flask) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for (_, state), number in app.extensions["store"].counts().items():
+        found[state] = found.get(state, 0) + number
+    return found
+
+
+def test_a_track_waits_for_its_users_identify_then_is_delivered(
+        app: Flask, drift: FakeDriftContacts, segment: FakeSegment, clock: Clock) -> None:
+    delivery = make_delivery(app)
+    send(app, track())
+    delivery.run_round()
+    assert states(app) == {"pending": 1}
+    [waiting] = app.extensions["store"].retrying()
+    assert "Drift has no contact with externalId 'user-8841'" in waiting["last_error"]
+
+    send(app, identify())
+    clock.now += 5
+    delivery.run_round()
+    clock.now += 5
+    delivery.run_round()
+    assert states(app) == {"delivered": 2}
+    assert drift.by_external_id("user-8841") is not None
+    assert [event["event"] for event in drift.timeline] == ["Order Completed"]
+    assert segment.requests == 0  # this direction never posts to Segment
+
+
+def test_an_unknown_user_is_dead_lettered_after_the_retry_window(
+        app: Flask, drift: FakeDriftContacts, clock: Clock) -> None:
+    delivery = make_delivery(app)
+    send(app, track("user-never"))
+    delivery.run_round()
+    clock.now += 30
+    delivery.run_round()
+    assert states(app) == {"pending": 1}
+    clock.now += 31
+    delivery.run_round()
+    assert states(app) == {"dead": 1}
+    [dead] = app.extensions["store"].dead_letters()
+    assert dead["last_error"] == ("Drift API 404: Drift has no contact with externalId "
+                                  "'user-never' (1 minutes after receipt)")
+
+
+def test_an_identify_without_email_for_an_unknown_user_waits_for_one(
+        app: Flask, drift: FakeDriftContacts) -> None:
+    send(app, identify("user-new", name="No Email"))
+    make_delivery(app).run_round()
+    [waiting] = app.extensions["store"].retrying()
+    assert "carries no email to create one with" in waiting["last_error"]
+    assert [call["request"].split(" ")[0] for call in drift.calls] == ["GET"]
+
+
+def test_drift_429_is_retried_no_sooner_than_its_retry_after(
+        make_app: AppFactory, drift: FakeDriftContacts, clock: Clock) -> None:
+    app = make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url, CLOCK=clock,
+                   DELIVERY_BACKOFF_MAX_SECONDS=900)
+    drift.add_contact(KNOWN)
+    drift.fail_next(1, 429, retry_after="30")
+    delivery = make_delivery(app)
+    send(app, track())
+    delivery.run_round()
+    [waiting] = app.extensions["store"].retrying()
+    assert waiting["last_error"].startswith("Drift API 429")
+    assert waiting["next_attempt_at"] >= clock.now + 30
+    clock.now += 31
+    delivery.run_round()
+    assert states(app) == {"delivered": 1}
+    assert len(drift.timeline) == 1
+
+
+@pytest.mark.parametrize("status, reason", [
+    (400, "Drift API 400"),
+    (403, "needs the Drift token's contact_write scope"),
+])
+def test_a_refusal_is_dead_lettered_with_the_reason(app: Flask, drift: FakeDriftContacts,
+                                                    status: int, reason: str) -> None:
+    drift.add_contact(KNOWN)
+    drift.fail_next(1, status)
+    send(app, identify())
+    make_delivery(app).run_round()
+    assert states(app) == {"dead": 1}
+    assert reason in app.extensions["store"].dead_letters()[0]["last_error"]
+
+
+def test_unknown_users_are_answers_not_an_outage(app: Flask) -> None:
+    for n in range(5):
+        send(app, track(f"user-{n}", f"t-{n}"))
+    delivery = make_delivery(app)
+    delivery.run_round()
+    assert states(app) == {"pending": 5}
+    assert not delivery.breakers.is_open(drift_key(0))
+
+
+def test_a_drift_outage_opens_the_circuit_and_costs_no_dead_letter(
+        app: Flask, drift: FakeDriftContacts, clock: Clock) -> None:
+    drift.add_contact(KNOWN)
+    drift.fail_next(1000, 503)
+    for n in range(6):
+        send(app, track(message_id=f"t-{n}"))
+    delivery = make_delivery(app)
+    delivery.run_round()
+    assert delivery.breakers.is_open(drift_key(0))
+    assert states(app) == {"pending": 6}
+    drift.fail_next(0)
+    clock.now += 60
+    delivery.run_round()
+    delivery.run_round()
+    assert states(app) == {"delivered": 6}
+    assert len(drift.timeline) == 6
+
+
+def test_without_a_drift_token_segment_messages_are_held(
+        make_app: AppFactory, drift: FakeDriftContacts) -> None:
+    app = make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url,
+                   DRIFT_ACCESS_TOKEN=None)
+    send(app, track())
+    make_delivery(app).run_round()
+    assert app.extensions["store"].held_by_reason() == {"no_drift_token": 1}
+    assert drift.calls == []
+
+
+def test_a_slow_write_finishes_beside_the_round_and_is_made_once(
+        make_app: AppFactory, drift: FakeDriftContacts) -> None:
+    app = make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url,
+                   DELIVERY_LOOKUP_WAIT_SECONDS=0.05)
+    drift.add_contact(KNOWN)
+    drift.delay = 0.5
+    send(app, track())
+    delivery = make_delivery(app)
+    delivery.run_round()
+    assert states(app) == {"pending": 1}  # back in the store while the write runs
+    with app.extensions["store"].engine.connect() as connection:
+        # Waiting for the write spends no attempt.
+        assert connection.execute(text("SELECT attempts FROM webhooks")).scalar() == 0
+    deadline = time.monotonic() + 10
+    while delivery.lookups.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    delivery.run_round()
+    assert states(app) == {"delivered": 1}
+    assert len(drift.timeline) == 1
+
+
+# -- DriftWrites against a stub of the Drift client ------------------------------------------
+
+
+class StubApi:
+    """Answers the DriftWrites calls from scripted values, recording them."""
+
+    def __init__(self, found: list[Any], create_error: DriftApiError | None = None,
+                 timeline_error: DriftApiError | None = None) -> None:
+        self.found = found
+        self.create_error = create_error
+        self.timeline_error = timeline_error
+        self.calls: list[tuple[str, Any]] = []
+
+    def contact_by_external_id(self, external_id: str, credentials: Credentials) -> Any:
+        self.calls.append(("find", external_id))
+        return self.found.pop(0)
+
+    def create_contact(self, attributes: dict[str, Any], credentials: Credentials) -> Any:
+        self.calls.append(("create", attributes))
+        if self.create_error is not None:
+            raise self.create_error
+        return {"data": {"id": 5}}
+
+    def update_contact(self, contact_id: Any, attributes: dict[str, Any],
+                       credentials: Credentials) -> Any:
+        self.calls.append(("patch", contact_id))
+        return {"data": {"id": contact_id}}
+
+    def timeline_event(self, event: dict[str, Any], credentials: Credentials) -> Any:
+        self.calls.append(("timeline", event))
+        if self.timeline_error is not None:
+            raise self.timeline_error
+        return {"data": event}
+
+
+CREDENTIALS = Credentials("token")
+
+
+def test_a_create_refused_because_the_contact_now_exists_updates_it() -> None:
+    api = StubApi([None, {"id": 9}], create_error=DriftApiError(409, "Conflict", False))
+    writes = DriftWrites(api)  # type: ignore[arg-type]
+    upsert = Upsert({"name": "Ada"}, external_id="u-1", email="ada@example.com")
+    assert writes.apply(1, [upsert], CREDENTIALS) is None
+    assert [name for name, _ in api.calls] == ["find", "create", "find", "patch"]
+
+
+def test_a_create_refused_for_another_reason_is_raised() -> None:
+    api = StubApi([None, None], create_error=DriftApiError(400, "Bad Request", False))
+    writes = DriftWrites(api)  # type: ignore[arg-type]
+    upsert = Upsert({"name": "Ada"}, external_id="u-1", email="not-an-email")
+    with pytest.raises(DriftApiError, match="400"):
+        writes.apply(1, [upsert], CREDENTIALS)
+
+
+def test_a_found_contact_is_remembered_for_the_next_call() -> None:
+    api = StubApi([{"id": 9}])
+    writes = DriftWrites(api)  # type: ignore[arg-type]
+    for _ in range(3):
+        writes.apply(1, [Upsert({"companyId": "g"}, external_id="u-1")], CREDENTIALS)
+    assert [name for name, _ in api.calls] == ["find", "patch", "patch", "patch"]
+
+
+def test_a_timeline_refusal_for_an_unknown_external_id_is_not_yet() -> None:
+    api = StubApi([None], timeline_error=DriftApiError(400, "Bad Request", False))
+    writes = DriftWrites(api)  # type: ignore[arg-type]
+    outcome = writes.apply(1, [Timeline("x", 1, external_id="u-1")], CREDENTIALS)
+    assert isinstance(outcome, NotYet)
+
+
+def test_a_timeline_refusal_for_a_known_user_is_raised() -> None:
+    api = StubApi([{"id": 9}], timeline_error=DriftApiError(400, "Bad Request", False))
+    writes = DriftWrites(api)  # type: ignore[arg-type]
+    with pytest.raises(DriftApiError, match="400"):
+        writes.apply(1, [Timeline("x", 1, external_id="u-1")], CREDENTIALS)
