@@ -53,7 +53,10 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     database_url = settings.get("DATABASE_URL") or default_database_url(app.instance_path)
     app.config["DATABASE_URL"] = database_url
     clock = settings.get("CLOCK")
-    store = Store(make_engine(database_url), **({"clock": clock} if clock else {}))
+    engine = make_engine(database_url,
+                         connect_timeout=settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],
+                         statement_timeout=settings["DATABASE_STATEMENT_TIMEOUT_SECONDS"])
+    store = Store(engine, **({"clock": clock} if clock else {}))
     app.extensions["store"] = make_store(store, settings["STORE_FAULT"])
     if config.app_mode(settings):
         app.extensions["routing"] = AppRouting.from_settings(settings, store)

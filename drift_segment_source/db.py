@@ -7,6 +7,7 @@ the source the migrations follow.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -26,7 +27,7 @@ from sqlalchemy import (
     literal_column,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from .config import normalise_database_url
 
@@ -151,8 +152,11 @@ def default_database_url(instance_path: str) -> str:
     return "sqlite:///" + os.path.join(instance_path, "drift-segment-source.sqlite3")
 
 
-def make_engine(url: str, **options: Any) -> Engine:
-    """An engine for ``url`` tuned for this workload (WAL on SQLite, pre-ping on Postgres)."""
+def make_engine(url: str, *, connect_timeout: float = 5.0, statement_timeout: float = 30.0,
+                **options: Any) -> Engine:
+    """An engine for ``url`` tuned for this workload (WAL on SQLite, pre-ping on Postgres)
+    with deadlines: on PostgreSQL, ``connect_timeout`` and ``statement_timeout`` (seconds,
+    0: none); SQLite waits for another writer at most 30 s (its busy timeout)."""
     url = normalise_database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -163,9 +167,21 @@ def make_engine(url: str, **options: Any) -> Engine:
         )
         event.listen(engine, "connect", _tune_sqlite)
         return engine
+    # Without these a database host that stopped answering would hold a request thread (and
+    # the delivery loop) for as long as TCP takes to give up: minutes. Both hold for every
+    # connection of the pool, the kept connection of commits.py included. A cancelled
+    # statement is an error like any other: the webhook gets a 503, the round is retried.
+    connect_args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(connect_timeout))}
+    # Keep the server options the URL may already carry (``?options=...``).
+    given = make_url(url).query.get("options")
+    server_options = [str(given)] if given else []
+    if statement_timeout > 0:
+        server_options.append(f"-c statement_timeout={math.ceil(statement_timeout * 1000)}")
+    if server_options:
+        connect_args["options"] = " ".join(server_options)
     # hide_parameters: a database error must never carry a webhook body into the logs.
     return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8,
-                         hide_parameters=True, **options)
+                         hide_parameters=True, connect_args=connect_args, **options)
 
 
 def _tune_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
