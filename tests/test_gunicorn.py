@@ -43,7 +43,9 @@ def test_serve_delivers_webhooks_from_gunicorn_workers(tmp_path: Path,
         service.wait_ready()
         cases = [path for path in sorted(FIXTURES.glob("*/*.json"))
                  if not path.name.endswith((".segment.json", ".drift-api.json"))
-                 and not path.with_name(path.stem + ".drift-api.json").exists()]
+                 and not path.with_name(path.stem + ".drift-api.json").exists()
+                 # identity stitching cases expect IDENTITY_STITCHING=external_id
+                 and not path.stem.startswith("stitched_")]
         for case in cases:
             answer = requests.post(service.url + "/webhooks/drift", data=case.read_bytes(),
                                    headers={"Content-Type": "application/json"}, timeout=10)
