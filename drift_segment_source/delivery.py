@@ -738,8 +738,12 @@ class Delivery:
         for failure in retry:
             groups[(attempts[failure.id], failure.retry_after)].append(failure)
         now = self.clock()
-        return {now + self.backoff(count, retry_after): failures
-                for (count, retry_after), failures in groups.items()}
+        # Groups can fall on one time (the same Retry-After, or the ceiling): they share it,
+        # or the later group would replace the earlier and its rows stay leased, unrecorded.
+        scheduled: dict[float, list[Failure]] = defaultdict(list)
+        for (count, retry_after), failures in groups.items():
+            scheduled[now + self.backoff(count, retry_after)].extend(failures)
+        return scheduled
 
     def backoff(self, attempts: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter under the ceiling; not sooner than Retry-After,

@@ -215,6 +215,30 @@ def test_a_slow_write_finishes_beside_the_round_and_is_made_once(
     assert len(drift.timeline) == 1
 
 
+def test_rows_whose_retries_fall_on_one_time_are_all_recorded(
+        make_app: AppFactory, drift: FakeDriftContacts, clock: Clock) -> None:
+    """Rows at different attempts told the same Retry-After are due at the same time: every
+    one of them is recorded, none left leased until its lease runs out."""
+    app = make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url, CLOCK=clock,
+                   DELIVERY_BACKOFF_MAX_SECONDS=900)
+    drift.add_contact(KNOWN)
+    delivery = make_delivery(app)
+    drift.fail_next(1, 429, retry_after="5")
+    send(app, track(message_id="t-1"))
+    delivery.run_round()  # t-1 is now at its first attempt, retried in 5 s
+    send(app, track(message_id="t-ok"))
+    delivery.run_round()  # a success in between keeps the Drift circuit closed
+    clock.now += 6
+    send(app, track(message_id="t-2"))
+    drift.fail_next(2, 429, retry_after="30")
+    delivery.run_round()  # t-1 (second attempt) and t-2 (first): both told 30 s
+    with app.extensions["store"].engine.connect() as connection:
+        leased = connection.execute(text(
+            "SELECT count(*) FROM webhooks WHERE lease_owner IS NOT NULL")).scalar()
+    assert leased == 0
+    assert len(app.extensions["store"].retrying()) == 2
+
+
 # -- DriftWrites against a stub of the Drift client ------------------------------------------
 
 
