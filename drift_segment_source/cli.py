@@ -127,8 +127,35 @@ def payload_files(paths: tuple[str, ...]) -> Iterator[Path]:
         path = Path(name)
         candidates = sorted(path.rglob("*.json")) if path.is_dir() else [path]
         for candidate in candidates:
-            if not candidate.name.endswith((".segment.json", ".drift-api.json")):
+            if not candidate.name.endswith((".segment.json", ".drift-api.json", ".drift.json")):
                 yield candidate
+
+
+def is_segment_message(document: Any) -> bool:
+    """A Segment message (or a batch of them, as Webhooks (Actions) sends it), not a Drift
+    webhook: a Segment call ``type`` and no Drift envelope (``orgId``, ``data``)."""
+    from .segment_translators import NOT_RELAYED, SEGMENT_TRANSLATORS
+
+    if isinstance(document, list):
+        return bool(document) and all(is_segment_message(item) for item in document)
+    return (isinstance(document, dict) and "orgId" not in document and "data" not in document
+            and (document.get("type") in SEGMENT_TRANSLATORS
+                 or document.get("type") in NOT_RELAYED))
+
+
+def drift_actions(message: dict[str, Any], received_ms: int) -> dict[str, Any]:
+    """What a Segment message becomes in Drift: its actions, or why it is ignored."""
+    from .segment_translators import NotRelayed
+    from .segment_translators import translate as to_actions
+    from .segment_webhooks import loop_guard
+
+    ignored = loop_guard(message)
+    if ignored is not None:
+        return {"ignored": ignored}
+    try:
+        return {"drift": [action.describe() for action in to_actions(message, received_ms)]}
+    except NotRelayed as reason:
+        return {"ignored": str(reason)}
 
 
 @main.command()
@@ -136,7 +163,8 @@ def payload_files(paths: tuple[str, ...]) -> Iterator[Path]:
 @click.option("--received-at", type=click.DateTime(), default=None,
               help="Receipt time for events without their own time (default: now, UTC).")
 def translate(files: tuple[str, ...], received_at: datetime | None) -> None:
-    """Print the Segment messages each webhook file becomes (nothing is sent)."""
+    """Print the Segment messages each webhook file becomes (nothing is sent); for a
+    Segment message file, the Drift actions it becomes."""
     from .drift_api import DriftApi
     from .envelope import Rejected, parse_json, read_envelope
     from .routing import SelfHostedRouting
@@ -154,7 +182,17 @@ def translate(files: tuple[str, ...], received_at: datetime | None) -> None:
     failed = False
     for path in payload_files(files):
         try:
-            envelope = read_envelope(parse_json(path.read_bytes()))
+            document = parse_json(path.read_bytes())
+            if is_segment_message(document):
+                # Segment → Drift (SPEC §10): the Drift actions, not Segment messages.
+                received_ms = int(received.timestamp() * 1000)
+                shown = ([drift_actions(item, received_ms) for item in document]
+                         if isinstance(document, list) else drift_actions(document, received_ms))
+                click.echo(json.dumps({"file": str(path), **(
+                    {"messages": shown} if isinstance(shown, list) else shown)}, indent=2,
+                    ensure_ascii=False))
+                continue
+            envelope = read_envelope(document)
             translator = TRANSLATORS.get(envelope.event_type)
             if translator is None:
                 click.echo(json.dumps({"file": str(path), "ignored": envelope.event_type}))
@@ -200,8 +238,15 @@ def translate(files: tuple[str, ...], received_at: datetime | None) -> None:
               help="The running service's webhook endpoint.")
 @click.option("--token", envvar="DRIFT_VERIFICATION_TOKEN", default=None,
               help="Send this verification token (header) instead of the files' own.")
-def replay(paths: tuple[str, ...], url: str, token: str | None) -> None:
-    """Post webhook files to a running service, with a progress bar."""
+@click.option("--secret", envvar="SEGMENT_SHARED_SECRET", default=None,
+              help="Sign each body with this Segment shared secret (X-Signature), for "
+                   "--url .../webhooks/segment.")
+def replay(paths: tuple[str, ...], url: str, token: str | None, secret: str | None) -> None:
+    """Post webhook files (or Segment message files) to a running service, with a progress
+    bar."""
+    import hashlib
+    import hmac
+
     import requests
 
     files = list(payload_files(paths))
@@ -211,12 +256,20 @@ def replay(paths: tuple[str, ...], url: str, token: str | None) -> None:
         headers["X-Verification-Token"] = token.split(",")[0].strip()
     with requests.Session() as session, click.progressbar(files, label="replaying") as bar:
         for path in bar:
-            response = session.post(url, data=path.read_bytes(), headers=headers, timeout=30)
+            body = path.read_bytes()
+            if secret:
+                headers["X-Signature"] = hmac.new(secret.split(",")[0].strip().encode(), body,
+                                                  hashlib.sha1).hexdigest()
+            response = session.post(url, data=body, headers=headers, timeout=30)
             try:
-                outcome = response.json().get("status") or response.json().get("error")
-            except ValueError:
-                outcome = f"http {response.status_code}"
-            answers[outcome] = answers.get(outcome, 0) + 1
+                reply = response.json()
+                outcomes = ([result["status"] for result in reply["results"]]
+                            if reply.get("status") == "batch"
+                            else [reply.get("status") or reply.get("error")])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                outcomes = [f"http {response.status_code}"]
+            for outcome in outcomes:
+                answers[outcome] = answers.get(outcome, 0) + 1
     click.echo(json.dumps(answers, sort_keys=True))
     if set(answers) - {"accepted", "duplicate", "ignored"}:
         sys.exit(1)

@@ -415,8 +415,8 @@ class Delivery:
         minutes = float(self.settings["SEGMENT_UNKNOWN_USER_RETRY_MINUTES"])
         if self.clock() - row.received_at < minutes * 60:
             return DriftApiError(404, not_yet.reason, retryable=True)
-        return DriftApiError(404, f"{not_yet.reason} ({minutes:g} minutes after receipt)",
-                             retryable=False)
+        return DriftApiError(404, f"{not_yet.reason}; given up {minutes:g} min after receipt "
+                                  "(SEGMENT_UNKNOWN_USER_RETRY_MINUTES)", retryable=False)
 
     def outcome(self, row: StoredWebhook, lookup: Future[Any] | Busy, known: Lookups_,
                 outcomes: Outcomes, waiting: list[Waiting]) -> Any:

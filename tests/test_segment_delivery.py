@@ -113,7 +113,8 @@ def test_an_unknown_user_is_dead_lettered_after_the_retry_window(
     assert states(app) == {"dead": 1}
     [dead] = app.extensions["store"].dead_letters()
     assert dead["last_error"] == ("Drift API 404: Drift has no contact with externalId "
-                                  "'user-never' (1 minutes after receipt)")
+                                  "'user-never'; given up 1 min after receipt "
+                                  "(SEGMENT_UNKNOWN_USER_RETRY_MINUTES)")
 
 
 def test_an_identify_without_email_for_an_unknown_user_waits_for_one(
