@@ -475,6 +475,7 @@ def org_facts(org: Org) -> dict[str, Any]:
         "org_id": org.org_id,
         "status": org.status,
         "write_key_set": org.has_write_key,
+        "segment_secret_set": org.has_segment_secret,
         "segment_host": org.segment_host,
         "access_token_set": org.has_access_token,
         "refresh_token_set": org.has_refresh_token,

@@ -140,6 +140,8 @@ orgs = Table(
     Column("token_expires_at", Float),
     Column("write_key", LargeBinary),
     Column("segment_host", String(200)),
+    # The shared secret of the org's Segment → Drift endpoint (/webhooks/segment/<orgId>).
+    Column("segment_secret", LargeBinary),
     Column("status", String(32), nullable=False),
     Column("installed_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets as random_secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -64,6 +65,7 @@ class Org:
     has_write_key: bool
     segment_region: str | None
     segment_host: str | None
+    has_segment_secret: bool = False
 
     @property
     def ready(self) -> bool:
@@ -81,6 +83,7 @@ class OrgSecrets:
     token_expires_at: float | None
     write_key: str | None
     segment_host: str | None
+    segment_secret: str | None = None
 
 
 class OrgDirectory:
@@ -149,6 +152,7 @@ class OrgDirectory:
             token_expires_at=row.token_expires_at,
             write_key=self._open(row.write_key),
             segment_host=self.host_of(row.segment_host),
+            segment_secret=self._open(row.segment_secret),
         )
         with self._lock:
             self._secrets[org_id] = found
@@ -184,6 +188,13 @@ class OrgDirectory:
         )
         with self.engine.begin() as connection:
             connection.execute(statement)
+            # The Segment → Drift secret is made once: a re-install keeps it, so the
+            # Webhooks destination the org configured in Segment keeps working.
+            has_secret = connection.execute(select(orgs.c.segment_secret.is_not(None))
+                                            .where(orgs.c.org_id == org_id)).scalar()
+            if not has_secret:
+                connection.execute(update(orgs).where(orgs.c.org_id == org_id).values(
+                    segment_secret=self._seal(random_secrets.token_urlsafe(32))))
         self.changed(org_id)
         # Rows held while the org needed a re-install can go now (or wait for a write key).
         self.store.release_held(NEEDS_REINSTALL, org_id)
@@ -283,6 +294,7 @@ class OrgDirectory:
             has_write_key=row.write_key is not None,
             segment_region=region_of(row.segment_host),
             segment_host=self.host_of(row.segment_host),
+            has_segment_secret=row.segment_secret is not None,
         )
 
     def expiring(self, expires_at: float | None) -> bool:
@@ -357,6 +369,16 @@ class AppRouting:
         if not secrets.write_key:
             raise Held(NO_WRITE_KEY, "the org has not saved its Segment write key yet")
         return Destination(secrets.write_key, secrets.segment_host or self.directory.hosts["us"])
+
+    def segment_secret(self, org_id: int) -> str | None:
+        """The shared secret of the org's ``/webhooks/segment/<orgId>``; None when the org
+        is not installed, has none yet, or its secrets cannot be read."""
+        try:
+            secrets = self.directory.secrets(org_id)
+        except SecretUnreadable:
+            log.error("cannot read the org's stored secrets", extra={"org_id": org_id})
+            return None
+        return None if secrets is None else secrets.segment_secret
 
     def drift_credentials(self, org_id: int) -> Credentials | None:
         """The org's access token, and whether to renew it first (it is about to expire)."""

@@ -1,5 +1,6 @@
-"""``POST /webhooks/segment``: Segment's Webhooks destination in → verify → check → store,
-then answer (SPEC §10). Delivery applies the stored messages to Drift (``drift_writes.py``).
+"""``POST /webhooks/segment`` (app mode: ``/webhooks/segment/<orgId>``, with the org's own
+secret): Segment's Webhooks destination in → verify → check → store, then answer (SPEC §10).
+Delivery applies the stored messages to Drift (``drift_writes.py``).
 
 Checks run in this order: size and media type (413, 400, as for Drift's webhooks), the
 signature over the raw bytes (401), JSON (400), then each message: what every Segment call
@@ -33,6 +34,8 @@ from werkzeug.exceptions import NotFound
 from . import config, metrics
 from .envelope import Rejected, check_carriable, parse_json
 from .intake import Taken, storage_rejection
+from .orgs import AppRouting
+from .routing import current_routing
 from .segment_out import INTEGRATION
 from .segment_translators import (
     NOT_RELAYED,
@@ -67,6 +70,18 @@ def receive() -> tuple[Response, int]:
     if not secrets or config.app_mode(current_app.config):
         raise NotFound("Segment → Drift is off: set SEGMENT_SHARED_SECRET to turn it on.")
     return answer(SELF_HOSTED_ORG, secrets)
+
+
+@blueprint.post("/webhooks/segment/<int:org_id>")
+def receive_for_org(org_id: int) -> tuple[Response, int]:
+    """Answer one request of an installed org's Webhooks destination (app mode), signed
+    with the secret shown on that org's setup page."""
+    routing = current_routing()
+    secret = (routing.segment_secret(org_id)
+              if isinstance(routing, AppRouting) and 0 < org_id < 2**63 else None)
+    if secret is None:
+        raise NotFound("No Drift organisation with a Segment → Drift secret has this id.")
+    return answer(org_id, (secret,))
 
 
 def answer(org_id: int, secrets: Sequence[str]) -> tuple[Response, int]:

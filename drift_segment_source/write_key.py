@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from flask import Blueprint, current_app, redirect, render_template, request, session
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 
 from .oauth import START_AGAIN, PageAnswer, app_routing, error_page
 from .orgs import REGION_HOSTS, Org
@@ -125,12 +125,24 @@ def form() -> PageAnswer:
 
 def render(org: Org, errors: dict[str, str] | None = None, region: str | None = None,
            status: int = 200) -> tuple[str, int]:
-    """The write-key form for ``org``."""
+    """The write-key form for ``org``, with its Segment → Drift URL and secret."""
     page = render_template(
         "setup.html", org=org, errors=errors or {}, region=region or org.segment_region or "us",
         regions=[(name, label, REGION_HOSTS[name]) for name, label in REGION_NAMES.items()],
-        csrf_token=session.get("csrf", ""))
+        csrf_token=session.get("csrf", ""),
+        segment_secret=app_routing().segment_secret(org.org_id),
+        segment_url=segment_url(org.org_id))
     return page, status
+
+
+def segment_url(org_id: int) -> str:
+    """The org's Segment → Drift endpoint, as Segment must call it: PUBLIC_URL's, else this
+    host's."""
+    path = url_for("segment_webhooks.receive_for_org", org_id=org_id)
+    public_url = current_app.config.get("PUBLIC_URL")
+    if public_url:
+        return str(public_url).rstrip("/") + path
+    return url_for("segment_webhooks.receive_for_org", org_id=org_id, _external=True)
 
 
 blueprint.after_request(no_store)

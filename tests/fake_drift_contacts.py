@@ -13,7 +13,8 @@ It keeps contacts by id, and finds them by externalId and by email:
 
 Every call is recorded in ``calls`` with the fake's answer. It can fail on purpose:
 ``fail_next(n, status, retry_after)``, ``fail_every(n, status, retry_after)`` (every n-th
-call), and be slow (``delay`` seconds before each answer). Only ``Bearer <token>`` is let in.
+call), and be slow (``delay`` seconds before each answer). Only ``Bearer <token>`` is let in
+(or the tokens ``authorised`` accepts).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -38,8 +40,10 @@ Answer = tuple[int, dict[str, Any]]
 class FakeDriftContacts:
     """Drift's contacts and timeline endpoints, keeping what they are told."""
 
-    def __init__(self, token: str = DRIFT_TOKEN) -> None:
-        self.token = token
+    def __init__(self, token: str = DRIFT_TOKEN,
+                 authorised: Callable[[str], bool] | None = None) -> None:
+        # App-mode tests let in whatever tokens the fake OAuth server has issued.
+        self.authorised = authorised or (lambda presented: presented == token)
         self.contacts: dict[int, dict[str, Any]] = {}
         self.timeline: list[dict[str, Any]] = []
         self.calls: list[dict[str, Any]] = []
@@ -131,7 +135,8 @@ class FakeDriftContacts:
                 status, answer = self._fail_status, {"error": {"type": "told_to_fail"}}
                 if self._retry_after is not None:
                     headers["Retry-After"] = self._retry_after
-            elif request.headers.get("Authorization") != f"Bearer {self.token}":
+            elif not self.authorised(
+                    request.headers.get("Authorization", "").removeprefix("Bearer ")):
                 status, answer = 401, {"error": {"type": "authentication_error"}}
             else:
                 status, answer = self._answer(method, request.path, body)
