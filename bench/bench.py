@@ -57,6 +57,8 @@ TARGET_INGEST_RATIO = 0.6
 TARGET_P99_MS = 20.0
 TARGET_EVENTS_PER_S = 10_000
 TARGET_RSS_MIB = 200
+# Issue 12: p99 at 200 webhooks/s within this factor of the bare app's p99 at 200/s.
+TARGET_P99_RATIO = 1.5
 
 
 def log(message: str) -> None:
@@ -91,6 +93,9 @@ class Settings:
     postgres: str  # BENCH_POSTGRES: auto (when installed), 1 (required) or 0
     phases: set[str]  # BENCH_PHASES: ingest,delivery,backlog
     variants: set[str]  # BENCH_INGEST_VARIANTS: no-delivery (service with DELIVERY_IN_WEB=false)
+    rates: list[int]  # BENCH_RATES: offered webhooks/s of the paced (open-loop) runs
+    rate_seconds: int  # BENCH_RATE_SECONDS: length of one paced run
+    rate_connections: int  # BENCH_RATE_CONNECTIONS: wrk connections of a paced run
     drain_timeout: int  # BENCH_DRAIN_TIMEOUT: seconds a drain may take
     total_timeout: int  # BENCH_TIMEOUT: seconds the whole benchmark may take
     results: Path  # BENCH_RESULTS_DIR
@@ -108,8 +113,13 @@ class Settings:
             delivery_n=_env_int("BENCH_DELIVERY_N", 10_000 if quick else 100_000),
             backlog=_env_int("BENCH_BACKLOG", 10_000 if quick else 1_000_000),
             postgres=os.environ.get("BENCH_POSTGRES", "auto").strip() or "auto",
-            phases=set((os.environ.get("BENCH_PHASES") or "ingest,delivery,backlog").split(",")),
+            phases=set((os.environ.get("BENCH_PHASES")
+                        or "ingest,latency,delivery,backlog").split(",")),
             variants=set(filter(None, os.environ.get("BENCH_INGEST_VARIANTS", "").split(","))),
+            rates=[int(rate) for rate in (os.environ.get("BENCH_RATES") or "50,200,800")
+                   .split(",") if rate.strip()],
+            rate_seconds=_env_int("BENCH_RATE_SECONDS", 5 if quick else 20),
+            rate_connections=_env_int("BENCH_RATE_CONNECTIONS", 32),
             drain_timeout=_env_int("BENCH_DRAIN_TIMEOUT", 1800),
             total_timeout=_env_int("BENCH_TIMEOUT", 900 if quick else 5400),
             results=Path(os.environ.get("BENCH_RESULTS_DIR") or HERE / "results"),
@@ -380,21 +390,58 @@ class Target:
 
 
 def run_wrk(url: str, settings: Settings, seconds: int, templates_file: Path, run_id: int,
-            log_path: Path) -> dict[str, Any]:
-    """One wrk run; its BENCH_RESULT line as a dict."""
-    argv = ["wrk", f"-t{settings.wrk_threads}", f"-c{settings.connections}", f"-d{seconds}s",
+            log_path: Path, rate: float | None = None) -> dict[str, Any]:
+    """One wrk run; its BENCH_RESULT line as a dict. With ``rate`` (webhooks/s), a paced run:
+    requests leave on a fixed schedule (webhooks.lua's delay()), and the result also holds
+    the whole latency histogram (``histogram``: [microseconds, count] pairs)."""
+    connections = settings.rate_connections if rate else settings.connections
+    argv = ["wrk", f"-t{settings.wrk_threads}", f"-c{connections}", f"-d{seconds}s",
             "--timeout", "10s", "--latency", "-s", str(HERE / "webhooks.lua"), url, "--",
             str(templates_file), str(run_id)]
+    env = dict(os.environ)
+    env.pop("BENCH_WRK_RATE", None)
+    if rate:
+        env["BENCH_WRK_RATE"] = str(rate / settings.wrk_threads)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
+                              env=env)
     except subprocess.TimeoutExpired:
         raise BenchFailure(f"wrk did not finish within {seconds + 60}s") from None
     log_path.write_text(done.stdout + done.stderr)
+    result: dict[str, Any] | None = None
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
-            result: dict[str, Any] = json.loads(line[len("BENCH_RESULT "):])
-            return result
-    raise BenchFailure(f"wrk gave no result (exit {done.returncode}):\n{done.stderr[-2000:]}")
+            result = json.loads(line[len("BENCH_RESULT "):])
+        elif line.startswith("BENCH_HISTOGRAM ") and result is not None:
+            result["histogram"] = json.loads(line[len("BENCH_HISTOGRAM "):])
+    if result is None:
+        raise BenchFailure(f"wrk gave no result (exit {done.returncode}):\n"
+                           f"{done.stderr[-2000:]}")
+    return result
+
+
+def percentile(histogram: list[tuple[int, int]], share: float) -> float:
+    """The value (µs) at or below which ``share`` (0-100) of the samples fall."""
+    ordered = sorted(histogram)
+    total = sum(count for _, count in ordered)
+    if not total:
+        return 0.0
+    wanted = share / 100 * total
+    seen = 0
+    for value, count in ordered:
+        seen += count
+        if seen >= wanted:
+            return float(value)
+    return float(ordered[-1][0])
+
+
+def pooled(histograms: list[list[tuple[int, int]]]) -> list[tuple[int, int]]:
+    """Several runs' histograms as one (the repeats of a paced run, pooled)."""
+    merged: Counter[int] = Counter()
+    for histogram in histograms:
+        for value, count in histogram:
+            merged[int(value)] += int(count)
+    return sorted(merged.items())
 
 
 def _children_cpu() -> float:
@@ -442,10 +489,14 @@ class Ingest:
             databases.append(("PostgreSQL", "postgres"))
         found = [Target("baseline (Flask, return 200)", "baseline")]
         found += [Target(f"service, {name}", "service", database) for name, database in databases]
-        if "no-delivery" in self.settings.variants:
-            # Diagnostic: what the in-web delivery thread costs the web workers.
-            found += [Target(f"service, {name}, DELIVERY_IN_WEB=false", "service", database,
-                             {"DELIVERY_IN_WEB": "false"}) for name, database in databases]
+        for variant in sorted(self.settings.variants):
+            # Diagnostics: the service with other settings, e.g. no-delivery (what the in-web
+            # delivery thread costs the web workers) or NAME=VALUE+NAME=VALUE.
+            values = ({"DELIVERY_IN_WEB": "false"} if variant == "no-delivery" else
+                      dict(item.split("=", 1) for item in variant.split("+") if "=" in item))
+            label = ", ".join(f"{key}={value}" for key, value in values.items())
+            found += [Target(f"service, {name}, {label}", "service", database, values)
+                      for name, database in databases]
         return found
 
     def run_all(self, fake: FakeSegmentProcess) -> None:
@@ -593,21 +644,175 @@ class Ingest:
         return rows
 
 
+# -- latency at fixed offered rates (open loop) -----------------------------------------------
+
+
+@dataclass
+class PacedRun:
+    """One paced wrk run against one target at one offered rate."""
+
+    target: str
+    rate: int
+    repeat: int
+    requests: int
+    achieved_per_s: float
+    refused: int
+    socket_errors: int
+    first_refusal: str
+    histogram: list[tuple[int, int]]
+    stored: int | None = None
+    server_cores: float = 0.0
+    machine_cores: float = 0.0
+
+
+def floor_commits(folder: Path, rate: int, seconds: int) -> list[tuple[int, int]]:
+    """The latency histogram (µs) of one-row synchronous=FULL SQLite commits at ``rate``/s
+    (bench/floor.py), on the disk the service's database is on."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run([sys.executable, str(HERE / "floor.py"), str(folder), str(rate),
+                               str(seconds)], capture_output=True, text=True,
+                              timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchFailure("the floor measurement did not finish") from None
+    found = re.search(r"^FLOOR_RESULT (.*)$", done.stdout, re.M)
+    if not found:
+        raise BenchFailure(f"the floor measurement failed:\n{done.stderr[-2000:]}")
+    return [(int(value), int(count)) for value, count in json.loads(found.group(1))["histogram"]]
+
+
+class Latency:
+    """Paced runs (fixed offered rates) against the baseline and the service, and the floor
+    (one FULL commit of one row) at the same rates, alternating, repeated."""
+
+    def __init__(self, settings: Settings, ingest: Ingest) -> None:
+        self.settings = settings
+        self.ingest = ingest
+        self.runs: list[PacedRun] = []
+        self.floor: dict[int, list[list[tuple[int, int]]]] = {}
+
+    def run_all(self, fake: FakeSegmentProcess) -> None:
+        for repeat in range(1, self.settings.repeats + 1):
+            for rate in self.settings.rates:
+                histogram = floor_commits(self.ingest.work / "floor", rate,
+                                          min(self.settings.rate_seconds, 10))
+                self.floor.setdefault(rate, []).append(histogram)
+                log(f"floor at {rate}/s #{repeat}: p50 {percentile(histogram, 50) / 1000:.2f} "
+                    f"ms, p99 {percentile(histogram, 99) / 1000:.2f} ms, p99.9 "
+                    f"{percentile(histogram, 99.9) / 1000:.2f} ms")
+            for target in self.ingest.targets():
+                self.run_target(target, repeat, fake)
+
+    def run_target(self, target: Target, repeat: int, fake: FakeSegmentProcess) -> None:
+        slug = re.sub(r"[^a-z]+", "_", target.name.lower()).strip("_")[:20]
+        folder = self.ingest.work / f"paced_{repeat}_{self.ingest.run_counter}_{slug}"
+        folder.mkdir()
+        process, database_url = self.ingest.start(target, folder, fake)
+        url = self.ingest.url + "/webhooks/drift"
+        try:
+            # Warm: imports, first connections, the SQLite page cache.
+            run_wrk(url, self.settings, 2, self.ingest.templates_file,
+                    self.ingest.next_run_id(), folder / "wrk-warmup.txt",
+                    rate=min(self.settings.rates))
+            for rate in self.settings.rates:
+                before = count_rows(database_url) if database_url else None
+                tree = [process.pid, *children(process.pid)]
+                cpu_before = cpu_seconds(tree)
+                busy_before, wall_before = machine_busy()
+                result = run_wrk(url, self.settings, self.settings.rate_seconds,
+                                 self.ingest.templates_file, self.ingest.next_run_id(),
+                                 folder / f"wrk-{rate}.txt", rate=rate)
+                seconds = result["duration_us"] / 1e6
+                server_cores = (cpu_seconds(tree) - cpu_before) / seconds
+                busy_after, wall_after = machine_busy()
+                stored = (count_rows(database_url) - before
+                          if database_url and before is not None else None)
+                errors = result["errors"]
+                run = PacedRun(
+                    target=target.name, rate=rate, repeat=repeat, requests=result["requests"],
+                    achieved_per_s=result["requests"] / seconds, refused=result["refused"],
+                    socket_errors=errors["connect"] + errors["read"] + errors["write"]
+                    + errors["timeout"], first_refusal=result["first_refusal"],
+                    histogram=[(int(v), int(c)) for v, c in result.get("histogram", [])],
+                    stored=stored, server_cores=server_cores,
+                    machine_cores=(busy_after - busy_before) / (wall_after - wall_before))
+                self.runs.append(run)
+                log(f"paced {target.name} at {rate}/s #{repeat}: {run.achieved_per_s:,.0f}/s, "
+                    f"p50 {percentile(run.histogram, 50) / 1000:.2f} ms, p99 "
+                    f"{percentile(run.histogram, 99) / 1000:.2f} ms, p99.9 "
+                    f"{percentile(run.histogram, 99.9) / 1000:.2f} ms, server "
+                    f"{run.server_cores:.2f} cores, machine {run.machine_cores:.2f}")
+        finally:
+            process.stop()
+
+    def failures(self) -> list[str]:
+        found = []
+        for run in self.runs:
+            if run.refused or run.socket_errors:
+                found.append(f"paced {run.target} at {run.rate}/s #{run.repeat}: "
+                             f"{run.refused} not '200 accepted', {run.socket_errors} socket "
+                             f"errors (first: {run.first_refusal})")
+            if run.stored is not None and not (
+                    run.requests - run.refused <= run.stored
+                    <= run.requests + self.settings.rate_connections):
+                found.append(f"paced {run.target} at {run.rate}/s #{run.repeat}: "
+                             f"{run.requests - run.refused} accepted but {run.stored} stored")
+        return found
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per rate and target: percentiles of the pooled repeats (ms), ratios to the
+        baseline; the floor first."""
+        rows: list[dict[str, Any]] = []
+        for rate in self.settings.rates:
+            floor = pooled(self.floor.get(rate, []))
+            rows.append({"rate": rate, "target": "floor: one SQLite FULL commit of one row",
+                         "kind": "floor", "achieved_per_s": float(rate),
+                         **self._percentiles(floor)})
+            base: dict[str, Any] | None = None
+            for target in self.ingest.targets():
+                runs = [run for run in self.runs
+                        if run.target == target.name and run.rate == rate]
+                if not runs:
+                    continue
+                row = {"rate": rate, "target": target.name, "kind": target.kind,
+                       "achieved_per_s": statistics.median(run.achieved_per_s for run in runs),
+                       "server_cores": statistics.median(run.server_cores for run in runs),
+                       **self._percentiles(pooled([run.histogram for run in runs]))}
+                if target.kind == "baseline":
+                    base = row
+                if base is not None:
+                    for name in ("p50", "p99", "p999"):
+                        row[f"{name}_ratio"] = (row[f"{name}_ms"] / base[f"{name}_ms"]
+                                                if base[f"{name}_ms"] else None)
+                rows.append(row)
+        return rows
+
+    @staticmethod
+    def _percentiles(histogram: list[tuple[int, int]]) -> dict[str, Any]:
+        return {"samples": sum(count for _, count in histogram),
+                "p50_ms": percentile(histogram, 50) / 1000,
+                "p99_ms": percentile(histogram, 99) / 1000,
+                "p999_ms": percentile(histogram, 99.9) / 1000}
+
+
 # -- seeding the store ----------------------------------------------------------------------
 
 _TEMPLATES: list[workload.Template] = []
 
 
-def _seed_chunk(span: tuple[int, int]) -> tuple[list[tuple[str, int, str, str]], list[str]]:
-    """Rows (type, org, dedupe key, payload) and their messageIds for ids ``span``."""
+def _seed_chunk(span: tuple[int, int]
+                ) -> tuple[float, list[tuple[str, int, str, str]], list[str]]:
+    """The receipt time, rows (type, org, dedupe key, payload) and their messageIds for ids
+    ``span`` (events without a time of their own take the receipt time into their ids)."""
     rows, ids = [], []
+    received_at = round(time.time(), 3)
     for number in range(*span):
         template = _TEMPLATES[number % len(_TEMPLATES)]
         event_type, org_id, key, payload, identity = workload.stored_form(
-            template.body(str(number)))
+            template.body(str(number)), received_at)
         rows.append((event_type, org_id, key, payload))
         ids.extend(workload.message_ids(event_type, org_id, identity, template.calls))
-    return rows, ids
+    return received_at, rows, ids
 
 
 def _pool_worker_signals() -> None:
@@ -635,12 +840,12 @@ def seed(database_url: str, count: int, templates: list[workload.Template],
     started = time.monotonic()
     context = multiprocessing.get_context("fork")
     with context.Pool(max(1, os.cpu_count() or 1), initializer=_pool_worker_signals) as pool:
-        for rows, ids in pool.imap(_seed_chunk, spans):
+        for received_at, rows, ids in pool.imap(_seed_chunk, spans):
             now = time.time()
             with engine.begin() as connection:
                 connection.execute(sqlalchemy.insert(webhooks), [
                     {"org_id": org_id, "event_type": event_type, "dedupe_key": key,
-                     "payload": payload, "received_at": now, "queued_at": now,
+                     "payload": payload, "received_at": received_at, "queued_at": now,
                      "state": "pending", "hold_reason": None, "attempts": 0,
                      "next_attempt_at": now}
                     for event_type, org_id, key, payload in rows])
@@ -677,6 +882,12 @@ class Drain:
     peak_rss_mib: float | None
     rss_samples: list[tuple[float, float]] = field(default_factory=list)
     timed_out: bool = False
+    worker_cpu_s: float = 0.0  # CPU time of the worker process(es), start-up included
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        """The worker's CPU per message delivered: less disturbed by other load than events/s."""
+        return self.worker_cpu_s / self.received * 1e6 if self.received else 0.0
 
     @property
     def events_per_s(self) -> float:
@@ -750,6 +961,7 @@ def drain(name: str, database: str, database_url: str, count: int,
                 break
             time.sleep(0.1 if len(expected) < 200_000 else 0.5)
         time.sleep(0.5)  # anything sent twice would show up now
+        worker_cpu = cpu_seconds([process.pid for process in pool])
         stats = fake.stats()
         rss = sampler.read()
         sampler.peak_kib = max(sampler.peak_kib, *(rss or (0, 0)))
@@ -770,9 +982,11 @@ def drain(name: str, database: str, database_url: str, count: int,
         batch_messages=stats["batch_messages"],
         batch_kib=[size / 1024 for size in stats["batch_bytes"]],
         peak_rss_mib=sampler.peak_kib / 1024 if sampler.peak_kib else None,
-        rss_samples=sampler.samples, timed_out=timed_out)
+        rss_samples=sampler.samples, timed_out=timed_out,
+        worker_cpu_s=worker_cpu if "worker_cpu" in locals() else 0.0)
     log(f"{name}: {result.received:,} messages in {result.wall_s:.1f}s "
-        f"({result.events_per_s:,.0f}/s; steady {result.steady_events_per_s:,.0f}/s), "
+        f"({result.events_per_s:,.0f}/s; steady {result.steady_events_per_s:,.0f}/s; "
+        f"worker CPU {result.cpu_us_per_event:.0f} µs per event), "
         f"peak RSS {result.peak_rss_mib or 0:.0f} MiB, missing {result.missing}, "
         f"duplicates {result.duplicates}")
     return result
@@ -886,7 +1100,8 @@ def _quantiles(values: list[float]) -> str:
 
 
 def report(settings: Settings, info: dict[str, str], templates: list[workload.Template],
-           ingest: Ingest | None, delivery: list[Drain], direct: DirectPost | None,
+           ingest: Ingest | None, latency: Latency | None, delivery: list[Drain],
+           direct: DirectPost | None,
            backlog: list[Drain], failures: list[str], started: datetime) -> str:
     lines = [f"# drift-segment-source benchmark, {started:%Y-%m-%d %H:%M} UTC, {info['host']}",
              ""]
@@ -935,6 +1150,28 @@ def report(settings: Settings, info: dict[str, str], templates: list[workload.Te
         lines += ["", "The whole machine's CPU includes the database server, the fake Segment "
                   "and anything else running; well above server + wrk means the numbers are "
                   "disturbed.", "", "</details>", ""]
+    paced = latency.summary() if latency is not None and latency.runs else []
+    if paced:
+        lines += ["## Latency at fixed offered rates (open loop)", "",
+                  f"wrk's delay() hook sends each request at its slot of a fixed schedule, "
+                  f"whatever the answers before it took ({settings.rate_connections} "
+                  f"connections, {settings.rate_seconds}s per rate after a 2s warm-up, all "
+                  "ten types, every request a distinct event); the service delivers to the "
+                  "fake Segment meanwhile. Percentiles of all repeats pooled. The floor is "
+                  "one SQLite `synchronous=FULL` commit of one row on the same disk "
+                  "(`floor.py`), at the same rate, in the same run.", "",
+                  "| offered/s | target | achieved/s | samples | p50 ms | p99 ms | p99.9 ms | "
+                  "÷ bare p50 | ÷ bare p99 | ÷ bare p99.9 | server CPU cores |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in paced:
+            ratios = " | ".join(
+                "-" if row["kind"] != "service" or row.get(f"{name}_ratio") is None
+                else f"{row[f'{name}_ratio']:.2f}×" for name in ("p50", "p99", "p999"))
+            cores = f"{row['server_cores']:.2f}" if "server_cores" in row else "-"
+            lines.append(f"| {row['rate']} | {row['target']} | {row['achieved_per_s']:,.0f} | "
+                         f"{row['samples']:,} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                         f"{row['p999_ms']:.2f} | {ratios} | {cores} |")
+        lines.append("")
     if delivery or direct:
         lines += ["## Delivery: stored webhooks → loopback fake Segment", "",
                   "| path | messages | seconds | events/s | steady events/s | batches | "
@@ -973,6 +1210,7 @@ def report(settings: Settings, info: dict[str, str], templates: list[workload.Te
                 f"{run.missing:,} | {run.duplicates:,} | {run.unexpected:,} | {_met(ok)} |")
         lines.append("")
     lines += ["## Against the targets", ""]
+    lines += issue_12_targets(ingest, paced, delivery, backlog)
     if ingest is not None and ingest.runs:
         for row in ingest.summary():
             if row["kind"] == "service":
@@ -1004,6 +1242,48 @@ def report(settings: Settings, info: dict[str, str], templates: list[workload.Te
     return "\n".join(lines) + "\n"
 
 
+def issue_12_targets(ingest: Ingest | None, paced: list[dict[str, Any]],
+                     delivery: list[Drain], backlog: list[Drain]) -> list[str]:
+    """The targets table of issue 12, from this run's figures."""
+    rows = []
+
+    def paced_row(target: str, rate: int) -> dict[str, Any] | None:
+        return next((row for row in paced if row["rate"] == rate
+                     and row["target"].startswith(target)), None)
+
+    service, bare, floor = (paced_row("service, SQLite", 200), paced_row("baseline", 200),
+                            paced_row("floor", 200))
+    if service and bare and service.get("p99_ratio") is not None:
+        rows.append(f"| p99 at 200 webhooks/s, SQLite ÷ bare Flask p99 at 200/s | "
+                    f"{service['p99_ms']:.2f} ÷ {bare['p99_ms']:.2f} ms = "
+                    f"{service['p99_ratio']:.2f}× | ≤ 1.5× | "
+                    f"{_met(service['p99_ratio'] <= TARGET_P99_RATIO)} |")
+    if service and bare and floor:
+        limit = floor["p50_ms"] + bare["p50_ms"]
+        rows.append(f"| p50 at 200 webhooks/s, SQLite | {service['p50_ms']:.2f} ms | ≤ floor "
+                    f"{floor['p50_ms']:.2f} + bare {bare['p50_ms']:.2f} = {limit:.2f} ms | "
+                    f"{_met(service['p50_ms'] <= limit)} |")
+    for row in ingest.summary() if ingest is not None and ingest.runs else []:
+        if row["kind"] == "service" and "=" not in row["target"]:
+            rows.append(f"| durable ingest at saturation ÷ bare Flask, {row['target']} | "
+                        f"{row['ratio']:.2f}× | ≥ 0.6× | "
+                        f"{_met(row['ratio'] >= TARGET_INGEST_RATIO)} |")
+    for run in delivery:
+        if "2 workers" not in run.database:
+            rows.append(f"| delivery, one worker, {run.database} | {run.events_per_s:,.0f} "
+                        f"events/s | ≥ 10,000 | {_met(run.events_per_s >= TARGET_EVENTS_PER_S)}"
+                        " |")
+    for run in backlog:
+        ok = (run.peak_rss_mib or 0) <= TARGET_RSS_MIB and run.missing == 0 \
+            and not run.timed_out
+        rows.append(f"| {run.webhooks:,} backlog drain peak RSS, {run.database} | "
+                    f"{run.peak_rss_mib or 0:.0f} MiB, {run.missing:,} lost | ≤ 200 MiB, 0 lost"
+                    f" | {_met(ok)} |")
+    if not rows:
+        return []
+    return ["| measure (issue 12) | this run | target | |", "|---|---:|---|---|", *rows, ""]
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -1028,6 +1308,7 @@ def main() -> int:
     postgres: Postgres | None = None
     failures: list[str] = []
     ingest: Ingest | None = None
+    latency: Latency | None = None
     delivery: list[Drain] = []
     backlog: list[Drain] = []
     direct: DirectPost | None = None
@@ -1039,7 +1320,7 @@ def main() -> int:
         bin_dir = postgres_binaries() if settings.postgres != "0" else None
         if settings.postgres == "1" and bin_dir is None:
             raise BenchFailure("BENCH_POSTGRES=1 but no PostgreSQL binaries were found")
-        if bin_dir and settings.phases & {"ingest", "delivery"}:
+        if bin_dir and settings.phases & {"ingest", "latency", "delivery"}:
             log("starting PostgreSQL")
             postgres = Postgres(bin_dir)
             info["postgresql"] = postgres.version
@@ -1051,6 +1332,15 @@ def main() -> int:
             finally:
                 fake.stop()
             failures += ingest.failures()
+        if "latency" in settings.phases:
+            latency = Latency(settings, ingest or Ingest(settings, work, templates_file,
+                                                         postgres))
+            fake = FakeSegmentProcess(work / "paced-fake", "fake-segment")
+            try:
+                latency.run_all(fake)
+            finally:
+                fake.stop()
+            failures += latency.failures()
         if "delivery" in settings.phases:
             databases = [("sqlite", f"sqlite:///{work / 'delivery.sqlite3'}")]
             if postgres is not None:
@@ -1094,7 +1384,7 @@ def main() -> int:
     if finished_code != info["code"]:
         info["code"] += f" (**changed during the run**, at the end: {finished_code})"
     text = report(settings, info, templates if "templates" in locals() else [], ingest,
-                  delivery, direct, backlog, failures, started)
+                  latency, delivery, direct, backlog, failures, started)
     settings.results.mkdir(parents=True, exist_ok=True)
     name = f"{started:%Y-%m-%d-%H%M}-{info['host']}{'-quick' if settings.quick else ''}.md"
     (settings.results / name).write_text(text)
@@ -1104,6 +1394,8 @@ def main() -> int:
                             else v) for k, v in vars(settings).items()},
            "machine": info,
            "ingest": [vars(run) for run in ingest.runs] if ingest else [],
+           "paced": [vars(run) for run in latency.runs] if latency else [],
+           "floor": latency.floor if latency else {},
            "delivery": [{k: v for k, v in vars(run).items() if k != "rss_samples"}
                         for run in delivery],
            "direct": vars(direct) if direct else None,

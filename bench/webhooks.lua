@@ -12,6 +12,35 @@
 
 local threads = {}
 
+-- Paced mode (open-loop latency at a fixed offered rate): BENCH_WRK_RATE is the rate of one
+-- wrk thread in requests/s. Every request of the thread takes the next slot of a fixed
+-- schedule (slot k at start + k / rate) and waits for it in wrk's delay() hook, whatever the
+-- previous answers took; the latency wrk records runs from the send to the answer. With
+-- more connections than requests in flight, the offered rate does not depend on latency.
+local pace = tonumber(os.getenv("BENCH_WRK_RATE") or "")
+if pace and pace > 0 then
+   local ffi = require("ffi")
+   ffi.cdef[[
+      typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+      int clock_gettime(int clock, bench_timespec *tp);
+   ]]
+   local clock = ffi.new("bench_timespec")
+   local function now_ms()
+      ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+      return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+   end
+   local interval = 1000 / pace
+   local next_slot = nil
+   function delay()
+      local now = now_ms()
+      next_slot = next_slot or now
+      local wait = next_slot - now
+      next_slot = next_slot + interval
+      if wait < 0 then return 0 end
+      return math.floor(wait)
+   end
+end
+
 function setup(thread)
    thread:set("thread_number", #threads)
    table.insert(threads, thread)
@@ -75,4 +104,13 @@ function done(summary, latency, requests)
       json_string(sample), errors.connect, errors.read, errors.write, errors.status,
       errors.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
       latency:percentile(99.9), latency.max, latency.mean))
+   if pace and pace > 0 then
+      -- The whole latency histogram (microseconds, count), so repeats can be pooled.
+      local pairs_out = {}
+      for index = 1, #latency do
+         local value, count = latency(index)
+         table.insert(pairs_out, string.format("[%d,%d]", value, count))
+      end
+      io.write("BENCH_HISTOGRAM [" .. table.concat(pairs_out, ",") .. "]\n")
+   end
 end

@@ -20,6 +20,7 @@ from typing import Any
 
 from drift_segment_source.envelope import parse_json, read_envelope
 from drift_segment_source.translators import TRANSLATORS, dedupe_key, message_id, translate
+from drift_segment_source.translators.base import receipt_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "drift"
@@ -66,17 +67,21 @@ def _candidates(document: dict[str, Any]) -> list[str]:
     return found
 
 
-def stored_form(body: str) -> tuple[str, int, str, str, list[str]]:
-    """What the service stores for a body: (type, orgId, dedupe key, payload, messageIds).
+def stored_form(body: str, received_at: float | None = None
+                ) -> tuple[str, int, str, str, list[str]]:
+    """What the service stores for a body received at ``received_at`` (epoch seconds,
+    default RECEIVED): (type, orgId, dedupe key, payload, identity).
 
-    The same steps as ``webhooks.store_webhook``: envelope, schema, identity, dedupe key.
+    The same steps as ``intake.store_event``: envelope, schema, identity, dedupe key. Events
+    without a time of their own take the receipt time into their identity.
     """
     envelope = read_envelope(parse_json(body.encode()))
     translator = TRANSLATORS[envelope.event_type]
     data = translator.validate(envelope.data)
-    identity = list(translator.identity(data))
+    received = RECEIVED.timestamp() if received_at is None else received_at
+    identity = list(translator.identity(data, receipt_ms(received)))
     key = dedupe_key(envelope.org_id, envelope.event_type, identity)
-    return envelope.event_type, envelope.org_id, key, envelope.without_token(), identity
+    return envelope.event_type, envelope.org_id, key, envelope.stored_payload, identity
 
 
 def load_templates() -> list[Template]:
