@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, delete, func, literal_column, or_, select, update
+from sqlalchemy import and_, delete, event, func, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError, StatementError
@@ -39,6 +39,18 @@ from .db import (
 Clock = Callable[[], float]
 
 DEDUPE_HORIZON = "dedupe_horizon"
+# Retention deletes this many rows per transaction: each holds the write lock (which
+# webhooks wait for) about as long as one ordinary commit, never the length of a big prune.
+PRUNE_ROWS_PER_COMMIT = 1000
+# SQLite: the write-ahead log is copied into the database by Store.checkpoint, which the
+# delivery loop calls outside the write lock. A commit copies it itself only past this many
+# pages (about 40 MB), when no delivery loop runs: SQLite's default (1,000 pages) made every
+# few hundredth commit, a webhook's or a delivery round's, pay for a checkpoint and its fsync.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+# The rows ANALYZE (run by PRAGMA optimize) reads per index on SQLite: statistics good
+# enough for the planner in milliseconds, where a full ANALYZE of a million rows holds the
+# write lock for seconds.
+SQLITE_ANALYSIS_LIMIT = 1000
 # How long a process trusts the dedupe horizon it read. Keys are deleted only in the prune
 # after the one that announced the new horizon (PRUNE_EVERY_SECONDS later), so every
 # process has read it by then.
@@ -57,6 +69,13 @@ def storage_error(error: SQLAlchemyError) -> Exception:
                                                         ValueError | TypeError | OverflowError):
         return Unstorable(type(original).__name__)  # the driver could not bind a value
     return StoreUnavailable(type(original or error).__name__)
+
+
+def _defer_checkpoints(dbapi_connection: Any, connection_record: Any) -> None:
+    # Every SQLite connection of this store: see WAL_AUTOCHECKPOINT_PAGES.
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    cursor.close()
 
 
 @dataclass(slots=True)
@@ -102,6 +121,8 @@ class Store:
         self._inserter = WebhookInserter(engine, self._write_lock)
         self._group_commit = GroupCommit(self._inserter.insert)
         self._horizon: tuple[float, float] | None = None  # (value, read at)
+        if dialect == "sqlite":
+            event.listen(engine, "connect", _defer_checkpoints)
 
     def close(self) -> None:
         """Return every connection (the inserter's kept one included)."""
@@ -127,10 +148,20 @@ class Store:
 
     def analyze(self) -> None:
         """Refresh the query planner's statistics of the webhooks table."""
-        statement = "ANALYZE webhooks" if self.engine.dialect.name == "postgresql" \
-            else "PRAGMA optimize"
         with self._writing() as connection:
-            connection.exec_driver_sql(statement)
+            if self.engine.dialect.name == "postgresql":
+                connection.exec_driver_sql("ANALYZE webhooks")
+            else:
+                connection.exec_driver_sql(f"PRAGMA analysis_limit={SQLITE_ANALYSIS_LIMIT}")
+                connection.exec_driver_sql("PRAGMA optimize")
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database file. PASSIVE, and outside the
+        write lock: writers go on appending meanwhile, so no webhook waits for it."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- the web side -----------------------------------------------------------------------
 
@@ -219,10 +250,11 @@ class Store:
         )
         with self._writing() as connection:
             rows = connection.execute(statement).all()
+        loads = json.loads
         claimed = [
-            StoredWebhook(row.id, row.org_id, row.event_type, json.loads(row.payload),
-                          row.received_at, row.queued_at, row.attempts)
-            for row in rows
+            StoredWebhook(row_id, org_id, event_type, loads(payload), received_at, queued_at,
+                          attempts)
+            for row_id, org_id, event_type, payload, received_at, queued_at, attempts in rows
         ]
         claimed.sort(key=lambda row: row.id)
         return claimed
@@ -436,27 +468,37 @@ class Store:
     def expire_held(self, queued_before: float, max_age_hours: float) -> int:
         """Held rows queued before ``queued_before`` become dead letters with the reason."""
         now = self.clock()
-        statement = (
+        chosen = (select(webhooks.c.id).where(IS_HELD, webhooks.c.queued_at < queued_before)
+                  .limit(PRUNE_ROWS_PER_COMMIT).scalar_subquery())
+        return self._in_chunks(
             update(webhooks)
-            .where(IS_HELD, webhooks.c.queued_at < queued_before)
+            .where(webhooks.c.id.in_(chosen), IS_HELD)
             .values(state="dead", finished_at=now,
                     last_error=literal_column(f"'held over {max_age_hours:g} hours: '")
-                    + func.coalesce(webhooks.c.last_error, webhooks.c.hold_reason))
-        )
-        with self._writing() as connection:
-            return connection.execute(statement).rowcount
+                    + func.coalesce(webhooks.c.last_error, webhooks.c.hold_reason)))
+
+    def _in_chunks(self, statement: Any) -> int:
+        """Run a statement that changes at most PRUNE_ROWS_PER_COMMIT rows, one transaction
+        at a time, until it changes fewer; the rows changed."""
+        total = 0
+        while True:
+            with self._writing() as connection:
+                changed = connection.execute(statement).rowcount
+            total += changed
+            if changed < PRUNE_ROWS_PER_COMMIT:
+                return total
 
     def prune_dead(self, died_before: float) -> int:
         """Delete dead letters that died before ``died_before``."""
-        statement = delete(webhooks).where(IS_DEAD, webhooks.c.finished_at < died_before)
-        with self._writing() as connection:
-            return connection.execute(statement).rowcount
+        chosen = (select(webhooks.c.id).where(IS_DEAD, webhooks.c.finished_at < died_before)
+                  .limit(PRUNE_ROWS_PER_COMMIT).scalar_subquery())
+        return self._in_chunks(delete(webhooks).where(webhooks.c.id.in_(chosen)))
 
     def prune_quarantine(self, received_before: float) -> int:
         """Delete quarantine entries received before ``received_before``."""
-        statement = delete(quarantine).where(quarantine.c.received_at < received_before)
-        with self._writing() as connection:
-            return connection.execute(statement).rowcount
+        chosen = (select(quarantine.c.id).where(quarantine.c.received_at < received_before)
+                  .limit(PRUNE_ROWS_PER_COMMIT).scalar_subquery())
+        return self._in_chunks(delete(quarantine).where(quarantine.c.id.in_(chosen)))
 
     def count_older(self, what: str, before: float) -> int:
         """How many rows a prune of ``what`` (dead, quarantine) would delete: said first."""
@@ -517,9 +559,10 @@ class Store:
 
     def prune(self, delivered_before: float) -> int:
         """Delete delivered (and dry-run) rows finished before ``delivered_before``."""
-        statement = delete(webhooks).where(IS_FINISHED, webhooks.c.finished_at < delivered_before)
-        with self._writing() as connection:
-            return connection.execute(statement).rowcount
+        chosen = (select(webhooks.c.id)
+                  .where(IS_FINISHED, webhooks.c.finished_at < delivered_before)
+                  .limit(PRUNE_ROWS_PER_COMMIT).scalar_subquery())
+        return self._in_chunks(delete(webhooks).where(webhooks.c.id.in_(chosen)))
 
     def dedupe_horizon(self) -> float:
         """Epoch seconds before which events may have lost their dedupe keys (0: none have).
@@ -543,15 +586,18 @@ class Store:
         Announcing first and deleting a prune later means every process refuses events
         from before the horizon before their keys are gone (see HORIZON_CACHE_SECONDS).
         """
-        with self._writing() as connection:
+        with self.engine.connect() as connection:
             announced = connection.execute(
                 select(watermarks.c.value).where(watermarks.c.name == DEDUPE_HORIZON)
             ).scalar()
-            deleted = 0
-            if announced:
-                deleted = connection.execute(
-                    delete(dedupe_keys).where(dedupe_keys.c.first_seen_at < announced)
-                ).rowcount
+        deleted = 0
+        if announced:
+            chosen = (select(dedupe_keys.c.digest)
+                      .where(dedupe_keys.c.first_seen_at < announced)
+                      .limit(PRUNE_ROWS_PER_COMMIT).scalar_subquery())
+            deleted = self._in_chunks(delete(dedupe_keys).where(
+                dedupe_keys.c.digest.in_(chosen)))
+        with self._writing() as connection:
             older = connection.execute(
                 select(dedupe_keys.c.digest).where(dedupe_keys.c.first_seen_at < cutoff).limit(1)
             ).first()
