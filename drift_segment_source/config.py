@@ -200,10 +200,6 @@ def missing(settings: Mapping[str, Any]) -> list[str]:
         problems.append("DRIFT_VERIFICATION_TOKEN: required to accept webhooks (all get 401)")
     if app_mode(settings) and not settings.get("SECRET_KEY"):
         problems.append("SECRET_KEY: required in app mode (DRIFT_CLIENT_ID/SECRET are set)")
-    if (settings.get("SEGMENT_SHARED_SECRET") and not app_mode(settings)
-            and not settings.get("DRIFT_ACCESS_TOKEN")):
-        problems.append("DRIFT_ACCESS_TOKEN: Segment → Drift (SEGMENT_SHARED_SECRET is set) "
-                        "writes with it; until it is set, Segment's messages are held")
     return problems
 
 
