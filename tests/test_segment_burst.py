@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -66,7 +67,7 @@ def burst() -> list[dict[str, Any]]:
                          "event": f"Lost Event {n}", "timestamp": "2024-04-29T19:40:00.123Z"})
     # Interleaved, as traffic is: most tracks of a user reach the service before or with
     # the identify that creates the user in Drift.
-    return sorted(messages, key=lambda message: hash(message["messageId"]) % 997)
+    return sorted(messages, key=lambda message: zlib.crc32(message["messageId"].encode()))
 
 
 def post_all(url: str, messages: list[dict[str, Any]]) -> Counter[str]:
