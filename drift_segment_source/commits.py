@@ -20,7 +20,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -65,14 +65,17 @@ class _Waiting:
 class GroupCommit:
     """Commit the rows of concurrent requests together: one fsync for many webhooks.
 
-    Each caller queues its row and waits for the commit lock. Whoever gets the lock commits
-    everything queued so far, its own row and the rows of the callers still waiting, so
-    while one commit is on disk the next batch gathers. Every caller returns only after the
-    commit that holds its row.
+    Each caller queues its row and waits for the commit lock. Whoever gets the lock takes
+    the database's write lock (``hold``), and only then commits everything queued so far:
+    its own row and the rows of every caller that arrived while this process waited for
+    another writer (the other web workers, the delivery loop) or for its previous commit.
+    Every caller returns only after the commit that holds its row.
     """
 
-    def __init__(self, insert: Callable[[list[tuple[Any, ...]]], list[int | None]]) -> None:
+    def __init__(self, insert: Callable[[list[tuple[Any, ...]]], list[int | None]],
+                 hold: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self._insert = insert
+        self._hold = hold
         self._commit_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Waiting] = []
@@ -87,9 +90,10 @@ class GroupCommit:
             self._queue.append(waiting)
         with self._commit_lock:
             if not waiting.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(batch)
+                with self._hold():
+                    with self._queue_lock:
+                        batch, self._queue = self._queue, []
+                    self._commit(batch)
         if waiting.error is not None:
             raise waiting.error
         if not waiting.done:  # cannot happen: _commit settles every row it took
@@ -174,9 +178,9 @@ class WebhookInserter:
 
     The event's dedupe key goes into ``dedupe_keys`` (kept far longer than the webhook row,
     see Store.prune_dedupe_keys); only rows whose key is new there become webhook rows.
-    Used by one committer at a time (GroupCommit's lock), so it keeps one connection per
-    process. A broken connection is replaced and the batch tried once more: the dedupe key
-    makes a repeated insert harmless.
+    Used by one committer at a time, holding ``lock`` (GroupCommit takes both), so it keeps
+    one connection per process. A broken connection is replaced and the batch tried once
+    more: the dedupe key makes a repeated insert harmless.
     """
 
     def __init__(self, engine: Engine, lock: WriteLock) -> None:
@@ -192,15 +196,14 @@ class WebhookInserter:
         self._refusals = (dbapi.DataError, dbapi.IntegrityError, dbapi.NotSupportedError)
 
     def insert(self, rows: Sequence[tuple[Any, ...]]) -> list[int | None]:
-        """Each row's new id, or None for a duplicate.
+        """Each row's new id, or None for a duplicate; the caller holds ``lock``.
 
         Raises StoreUnavailable when the database fails, Unstorable when it (or the driver)
         refuses the values themselves.
         """
         for attempt in (1, 2):
             try:
-                with self.lock.held():
-                    return self._insert(rows)
+                return self._insert(rows)
             except self._refusals as error:
                 self._discard()
                 raise Unstorable(type(error).__name__) from None

@@ -119,7 +119,7 @@ class Store:
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._write_lock = WriteLock.for_engine(engine)
         self._inserter = WebhookInserter(engine, self._write_lock)
-        self._group_commit = GroupCommit(self._inserter.insert)
+        self._group_commit = GroupCommit(self._inserter.insert, self._write_lock.held)
         self._horizon: tuple[float, float] | None = None  # (value, read at)
         if dialect == "sqlite":
             event.listen(engine, "connect", _defer_checkpoints)
