@@ -827,8 +827,8 @@ def seed(database_url: str, count: int, templates: list[workload.Template],
     in large transactions; the messageIds their delivery must produce."""
     import sqlalchemy
 
-    from drift_segment_source.db import make_engine, webhooks
-    from drift_segment_source.store import Store
+    from drift_segment_source.store.db import make_engine, webhooks
+    from drift_segment_source.store.store import Store
 
     engine = make_engine(database_url)
     Store(engine).migrate()

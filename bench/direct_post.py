@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workload  # noqa: E402
 from segment.analytics.request import post  # noqa: E402
 
-from drift_segment_source.segment_out import MessageBuilder  # noqa: E402
-from drift_segment_source.translators import TRANSLATORS, translate  # noqa: E402
+from drift_segment_source.destinations.segment import MessageBuilder  # noqa: E402
+from drift_segment_source.sources.drift.translators import TRANSLATORS, translate  # noqa: E402
 
 
 def prebuilt(count: int) -> list[dict[str, object]]:

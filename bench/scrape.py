@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from drift_segment_source import create_app
-from drift_segment_source.db import webhooks
+from drift_segment_source.store.db import webhooks
 
 CHUNK = 20_000
 

@@ -18,9 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from drift_segment_source.envelope import parse_json, read_envelope
-from drift_segment_source.translators import TRANSLATORS, dedupe_key, message_id, translate
-from drift_segment_source.translators.base import receipt_ms
+from drift_segment_source.sources.drift.envelope import parse_json, read_envelope
+from drift_segment_source.sources.drift.translators import (
+    TRANSLATORS,
+    dedupe_key,
+    message_id,
+    translate,
+)
+from drift_segment_source.sources.drift.translators.base import receipt_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "drift"

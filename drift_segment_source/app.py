@@ -14,15 +14,15 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config, logs
-from .db import default_database_url, make_engine
-from .delivery import Delivery
+from .app_mode.orgs import AppRouting
+from .delivery.loop import Delivery
+from .delivery.stitching import Stitching
+from .destinations.segment import make_transport
 from .drift_api import DriftApi
-from .faults import make_store
-from .orgs import AppRouting
 from .routing import NO_DRIFT_TOKEN, SelfHostedRouting
-from .segment_out import make_transport
-from .stitching import Stitching
-from .store import Store
+from .store.db import default_database_url, make_engine
+from .store.faults import make_store
+from .store.store import Store
 
 log = logging.getLogger("drift_segment_source.app")
 
@@ -64,9 +64,12 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
         app.extensions["routing"] = SelfHostedRouting(settings)
     app.extensions["delivery_wakeup"] = threading.Event()
 
-    from . import client_script, health, oauth, pages, segment_webhooks, status, webhooks
+    from . import client_script, health, pages, status
+    from .app_mode import oauth, write_key
+    from .sources.drift import webhooks as drift_webhooks
+    from .sources.segment import webhooks as segment_webhooks
 
-    app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(drift_webhooks.blueprint)
     app.register_blueprint(segment_webhooks.blueprint)
     app.register_blueprint(client_script.blueprint)
     app.register_blueprint(health.blueprint)
@@ -74,6 +77,7 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(status.blueprint)
     if config.app_mode(settings):
         oauth.init_app(app)
+        app.register_blueprint(write_key.blueprint)
     register_request_ids(app)
     register_json_errors(app)
 

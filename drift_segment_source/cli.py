@@ -16,7 +16,7 @@ from flask import Flask
 from . import __version__, config
 
 if TYPE_CHECKING:  # the CLI imports what a command needs when it runs, to start fast
-    from .orgs import Org, OrgDirectory
+    from .app_mode.orgs import Org, OrgDirectory
 
 
 def load_app() -> Flask:
@@ -134,7 +134,7 @@ def payload_files(paths: tuple[str, ...]) -> Iterator[Path]:
 def is_segment_message(document: Any) -> bool:
     """A Segment message (or a batch of them, as Webhooks (Actions) sends it), not a Drift
     webhook: a Segment call ``type`` and no Drift envelope (``orgId``, ``data``)."""
-    from .segment_translators import NOT_RELAYED, SEGMENT_TRANSLATORS
+    from .sources.segment.translators import NOT_RELAYED, SEGMENT_TRANSLATORS
 
     if isinstance(document, list):
         return bool(document) and all(is_segment_message(item) for item in document)
@@ -145,9 +145,9 @@ def is_segment_message(document: Any) -> bool:
 
 def drift_actions(message: dict[str, Any], received_ms: int) -> dict[str, Any]:
     """What a Segment message becomes in Drift: its actions, or why it is ignored."""
-    from .segment_translators import NotRelayed
-    from .segment_translators import translate as to_actions
-    from .segment_webhooks import loop_guard
+    from .sources.segment.translators import NotRelayed
+    from .sources.segment.translators import translate as to_actions
+    from .sources.segment.webhooks import loop_guard
 
     ignored = loop_guard(message)
     if ignored is not None:
@@ -165,13 +165,13 @@ def drift_actions(message: dict[str, Any], received_ms: int) -> dict[str, Any]:
 def translate(files: tuple[str, ...], received_at: datetime | None) -> None:
     """Print the Segment messages each webhook file becomes (nothing is sent); for a
     Segment message file, the Drift actions it becomes."""
+    from .delivery.stitching import Stitching, facts_of_contact, merged
+    from .destinations.segment import MessageBuilder
     from .drift_api import DriftApi
-    from .envelope import Rejected, parse_json, read_envelope
     from .routing import SelfHostedRouting
-    from .segment_out import MessageBuilder
-    from .stitching import Stitching, facts_of_contact, merged
-    from .translators import TRANSLATORS
-    from .translators import translate as to_calls
+    from .sources.drift.envelope import Rejected, parse_json, read_envelope
+    from .sources.drift.translators import TRANSLATORS
+    from .sources.drift.translators import translate as to_calls
 
     settings = config.load_settings()
     routing = SelfHostedRouting(settings)
@@ -283,8 +283,13 @@ def replay(paths: tuple[str, ...], url: str, token: str | None, secret: str | No
 @click.option("--org-id", type=int, required=True, help="The Drift organisation to backfill.")
 def backfill(since: datetime, until: datetime | None, org_id: int) -> None:
     """Store the events Drift's conversations and meetings imply (same messageIds as live)."""
-    from .backfill import BeyondHorizon, check_window, implied_webhooks, store_webhooks
     from .drift_api import DriftApi, DriftApiError
+    from .sources.drift.backfill import (
+        BeyondHorizon,
+        check_window,
+        implied_webhooks,
+        store_webhooks,
+    )
 
     app = load_app()
     settings = app.config
@@ -313,7 +318,7 @@ def doctor() -> None:
     """Check the store, the Drift token and the Segment write key against the real services."""
     import requests
 
-    from .segment_out import HttpTransport, SegmentError
+    from .destinations.segment import HttpTransport, SegmentError
 
     app = load_app()
     settings = app.config
@@ -444,7 +449,7 @@ def quarantine_list(limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 def quarantine_retry(ids: tuple[int, ...], as_json: bool) -> None:
     """Validate quarantined payloads again; those that pass now are queued for delivery."""
-    from .quarantine import retry_quarantined
+    from .store.quarantine import retry_quarantined
 
     outcome = retry_quarantined(load_app(), list(ids) or None)
     if as_json:
@@ -459,7 +464,7 @@ def quarantine_retry(ids: tuple[int, ...], as_json: bool) -> None:
 
 def org_directory() -> OrgDirectory:
     """The directory of installed Drift orgs; only app mode has one."""
-    from .orgs import AppRouting
+    from .app_mode.orgs import AppRouting
 
     routing = load_app().extensions["routing"]
     if not isinstance(routing, AppRouting):

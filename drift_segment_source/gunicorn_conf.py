@@ -27,7 +27,7 @@ from typing import Any
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from drift_segment_source.config import load_settings
+from .config import load_settings
 
 _settings = load_settings()
 log = logging.getLogger("drift_segment_source.gunicorn")
@@ -213,7 +213,7 @@ def post_worker_init(worker: Any) -> None:
     """Start this worker's delivery thread, after fork, once the app is loaded."""
     if not _settings["DELIVERY_IN_WEB"]:
         return
-    from drift_segment_source.app import make_delivery
+    from .app import make_delivery
 
     app = worker.wsgi
     delivery = make_delivery(app)

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from . import config, metrics
-from .store import Store, StoreUnavailable
+from .store.store import Store, StoreUnavailable
 
 blueprint = Blueprint("health", __name__)
 

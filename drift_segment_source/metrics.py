@@ -23,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .store import Store
+from .store.store import Store
 
 PREFIX = "drift_segment_source_"
 

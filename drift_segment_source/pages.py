@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, Response, current_app, render_template
 
 from . import __version__, config
-from .store import Store
-from .translators import TRANSLATORS
+from .sources.drift.translators import TRANSLATORS
+from .store.store import Store
 
 blueprint = Blueprint("pages", __name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
 from .pages import message_page, no_store, secure_headers
-from .store import Store
+from .store.store import Store
 
 blueprint = Blueprint("status", __name__)
 

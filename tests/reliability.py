@@ -11,7 +11,7 @@ from typing import Any
 import requests
 from sqlalchemy import create_engine, text
 
-from drift_segment_source.translators import TRANSLATORS, message_id
+from drift_segment_source.sources.drift.translators import TRANSLATORS, message_id
 
 from .conftest import ROOT, TOKEN, webhook
 

@@ -21,9 +21,9 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from drift_segment_source import config
 from drift_segment_source.app import make_delivery
+from drift_segment_source.app_mode.oauth import STATE_SALT
 from drift_segment_source.cli import main
-from drift_segment_source.db import orgs
-from drift_segment_source.oauth import STATE_SALT
+from drift_segment_source.store.db import orgs
 
 from .app_mode import (
     CLIENT_ID,

@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.breakers import FAILURES_TO_OPEN, PROBE_SECONDS
+from drift_segment_source.delivery.breakers import FAILURES_TO_OPEN, PROBE_SECONDS
 
 from .conftest import AppFactory, webhook
 from .fakes import FakeDriftApi, FakeSegment

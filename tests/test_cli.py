@@ -99,8 +99,8 @@ def test_quarantine_list_and_retry_after_a_fix(env: str, make_app: AppFactory,
     assert json.loads(run("quarantine", "retry", "--json")[1])["still_invalid"] == 1
 
     # A translator fix: here, the schema learns to accept (and ignore) that createdAt.
-    from drift_segment_source.translators import TRANSLATORS
-    from drift_segment_source.translators.fields import DriftSchema
+    from drift_segment_source.sources.drift.translators import TRANSLATORS
+    from drift_segment_source.sources.drift.translators.fields import DriftSchema
 
     class Relaxed(DriftSchema):
         id = TRANSLATORS["new_conversation"].schema.fields["id"]

@@ -17,7 +17,7 @@ import sqlalchemy
 from sqlalchemy.exc import OperationalError
 
 from drift_segment_source import create_app
-from drift_segment_source.db import make_engine
+from drift_segment_source.store.db import make_engine
 
 from .conftest import FIXTURES, TOKEN, AppFactory
 

@@ -14,9 +14,9 @@ from flask import Flask
 from sqlalchemy import text
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.backfill import BeyondHorizon, check_window, store_webhooks
-from drift_segment_source.delivery import PRUNE_EVERY_SECONDS
-from drift_segment_source.store import HORIZON_CACHE_SECONDS
+from drift_segment_source.delivery.loop import PRUNE_EVERY_SECONDS
+from drift_segment_source.sources.drift.backfill import BeyondHorizon, check_window, store_webhooks
+from drift_segment_source.store.store import HORIZON_CACHE_SECONDS
 
 from .conftest import FIXTURES, AppFactory, webhook
 from .fakes import FakeSegment
@@ -165,7 +165,7 @@ def test_upgrading_keeps_the_dedupe_keys_of_webhooks_already_stored(
     assert answer(app, body)["status"] == "accepted"
     # Back to the schema before dedupe keys were kept apart, with the row still there.
     config = Config()
-    config.set_main_option("script_location", "drift_segment_source:migrations")
+    config.set_main_option("script_location", "drift_segment_source.store:migrations")
     with store.engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "0001")
@@ -224,7 +224,7 @@ def test_upgrading_keeps_events_stored_under_the_old_identities_duplicates(
     app = make_app(CLOCK=clock, SEGMENT_WRITE_KEY="")
     store = app.extensions["store"]
     config = Config()
-    config.set_main_option("script_location", "drift_segment_source:migrations")
+    config.set_main_option("script_location", "drift_segment_source.store:migrations")
     with store.engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "0001")

@@ -12,8 +12,8 @@ import responses
 from flask import Flask
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.delivery import Delivery
-from drift_segment_source.translators import message_id
+from drift_segment_source.delivery.loop import Delivery
+from drift_segment_source.sources.drift.translators import message_id
 
 from .conftest import DRIFT_API_URL, FIXTURES, WRITE_KEY, AppFactory, webhook
 from .fakes import FakeSegment
@@ -375,8 +375,8 @@ def test_release_hands_rows_back_at_once(app: Flask) -> None:
 
 def test_on_sqlite_only_one_delivery_loop_runs(tmp_path: Any) -> None:
     # SQLite only: PostgreSQL runs any number of loops, sharing rows with SKIP LOCKED.
-    from drift_segment_source.db import make_engine
-    from drift_segment_source.store import Store
+    from drift_segment_source.store.db import make_engine
+    from drift_segment_source.store.store import Store
 
     store = Store(make_engine(f"sqlite:///{tmp_path / 'lease.sqlite3'}"))
     store.migrate()
@@ -434,7 +434,7 @@ def test_failing_transport_is_chosen_by_configuration(make_app: AppFactory,
 
 
 def test_batches_respect_segment_size_and_count_limits() -> None:
-    from drift_segment_source.segment_out import MAX_BATCH_BYTES, batches
+    from drift_segment_source.destinations.segment import MAX_BATCH_BYTES, batches
 
     small = [{"messageId": str(n), "padding": "x" * 100} for n in range(3000)]
     split = list(batches(small))

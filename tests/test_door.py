@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from drift_segment_source.envelope import MAX_DEPTH
+from drift_segment_source.sources.drift.envelope import MAX_DEPTH
 
 from .conftest import TOKEN, AppFactory
 
@@ -140,7 +140,7 @@ def test_database_errors_never_carry_a_body_into_answers_or_logs(
     from sqlalchemy import text
 
     from drift_segment_source import create_app
-    from drift_segment_source.db import make_engine
+    from drift_segment_source.store.db import make_engine
 
     # Not migrated: every write fails, with the statement's parameters at hand.
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",

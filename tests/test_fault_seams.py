@@ -14,9 +14,9 @@ import pytest
 from flask import Flask
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.delivery import Delivery
-from drift_segment_source.segment_out import HttpTransport
-from drift_segment_source.translators import TRANSLATORS, message_id
+from drift_segment_source.delivery.loop import Delivery
+from drift_segment_source.destinations.segment import HttpTransport
+from drift_segment_source.sources.drift.translators import TRANSLATORS, message_id
 
 from .conftest import AppFactory, webhook
 from .fakes import FakeDriftApi, FakeSegment
@@ -305,7 +305,7 @@ def test_a_redirecting_segment_host_is_an_error_not_a_delivery(
 
 def test_a_lookup_answering_a_byte_at_a_time_frees_its_slot_and_is_retried() -> None:
     from drift_segment_source.deadlines import TookTooLong
-    from drift_segment_source.lookups import Lookups
+    from drift_segment_source.delivery.lookups import Lookups
 
     lookups = Lookups(max_running=1, limit_seconds=0.3)
     hanging = lookups.start(("conversation", 1, "slow"), lambda: time.sleep(5))

@@ -31,7 +31,7 @@ def sibling(case: Path, suffix: str) -> Path:
 
 
 def test_there_is_a_fixture_folder_for_every_translator() -> None:
-    from drift_segment_source.translators import TRANSLATORS
+    from drift_segment_source.sources.drift.translators import TRANSLATORS
 
     assert {path.parent.name for path in CASES} == set(TRANSLATORS)
 

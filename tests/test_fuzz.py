@@ -11,7 +11,7 @@ from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drift_segment_source.translators import TRANSLATORS
+from drift_segment_source.sources.drift.translators import TRANSLATORS
 
 from .conftest import TOKEN, AppFactory
 

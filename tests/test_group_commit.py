@@ -16,7 +16,7 @@ import requests
 from flask import Flask
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.commits import GroupCommit, StoreUnavailable
+from drift_segment_source.store.commits import GroupCommit, StoreUnavailable
 
 from .conftest import TOKEN, AppFactory, webhook
 from .fakes import FakeSegment

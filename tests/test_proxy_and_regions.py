@@ -20,7 +20,7 @@ from flask import Flask
 
 from drift_segment_source import config
 from drift_segment_source.app import make_delivery
-from drift_segment_source.db import orgs
+from drift_segment_source.store.db import orgs
 
 from .app_mode import (
     CLIENT_ID,

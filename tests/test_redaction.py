@@ -17,9 +17,9 @@ import sqlalchemy
 from flask import Flask
 
 from drift_segment_source import logs
-from drift_segment_source.db import orgs
+from drift_segment_source.app_mode.secrets_box import SecretBox
 from drift_segment_source.logs import REDACTED, JsonLines, Redactor
-from drift_segment_source.secrets_box import SecretBox
+from drift_segment_source.store.db import orgs
 
 from .app_mode import (
     CLIENT_ID,

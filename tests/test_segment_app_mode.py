@@ -12,7 +12,7 @@ import sqlalchemy
 from flask import Flask
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.db import orgs
+from drift_segment_source.store.db import orgs
 
 from .app_mode import ORG_A, ORG_B, app_mode_settings, install
 from .conftest import AppFactory

@@ -12,10 +12,10 @@ from flask import Flask
 from sqlalchemy import text
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.breakers import drift_key
+from drift_segment_source.delivery.breakers import drift_key
+from drift_segment_source.destinations.drift import DriftWrites, NotYet
 from drift_segment_source.drift_api import Credentials, DriftApiError
-from drift_segment_source.drift_writes import DriftWrites, NotYet
-from drift_segment_source.segment_translators import Timeline, Upsert
+from drift_segment_source.sources.segment.translators import Timeline, Upsert
 
 from .conftest import FIXED_RECEIPT, AppFactory
 from .fake_drift_contacts import FakeDriftContacts

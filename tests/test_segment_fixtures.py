@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.segment_translators import SEGMENT_TRANSLATORS
+from drift_segment_source.sources.segment.translators import SEGMENT_TRANSLATORS
 
 from .conftest import ROOT, AppFactory
 from .fake_drift_contacts import FakeDriftContacts

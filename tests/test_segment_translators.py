@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from drift_segment_source.segment_translators import (
+from drift_segment_source.sources.segment.translators import (
     NotASegmentMessage,
     NotRelayed,
     Timeline,
     Upsert,
     translate,
 )
-from drift_segment_source.segment_translators.base import epoch_ms, event_time_ms
+from drift_segment_source.sources.segment.translators.base import epoch_ms, event_time_ms
 
 RECEIVED_MS = 1714420800000
 

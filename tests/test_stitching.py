@@ -16,7 +16,7 @@ from flask import Flask
 from drift_segment_source import config
 from drift_segment_source.app import create_app, make_delivery
 from drift_segment_source.cli import main
-from drift_segment_source.stitching import DRIFT_AID_PATTERN, Stitching
+from drift_segment_source.delivery.stitching import DRIFT_AID_PATTERN, Stitching
 
 from .conftest import FIXTURES, TOKEN, AppFactory, webhook
 from .fakes import FakeDriftApi, FakeSegment

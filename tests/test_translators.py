@@ -11,15 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from drift_segment_source.segment_out import MessageBuilder, MessageTooLarge
-from drift_segment_source.translators import (
+from drift_segment_source.destinations.segment import MessageBuilder, MessageTooLarge
+from drift_segment_source.sources.drift.translators import (
     TRANSLATORS,
     NeedsConversation,
     dedupe_key,
     message_id,
     translate,
 )
-from drift_segment_source.translators.base import receipt_ms
+from drift_segment_source.sources.drift.translators.base import receipt_ms
 
 from .conftest import FIXTURES
 

@@ -15,8 +15,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from drift_segment_source import write_key
 from drift_segment_source.app import make_delivery
+from drift_segment_source.app_mode import write_key
 
 from .app_mode import (
     CLIENT_ID,

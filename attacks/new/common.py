@@ -105,7 +105,7 @@ def save_write_key(directory: Any, org_id: int, write_key: str, segment_url: str
     for it (region "us" -> SEGMENT_HOST, which base_settings points at `segment_url`); before,
     save_write_key took the host itself.
     """
-    from drift_segment_source import orgs
+    from drift_segment_source.app_mode import orgs
     if hasattr(orgs, "REGION_HOSTS"):
         directory.save_write_key(org_id, write_key, "us")
     else:

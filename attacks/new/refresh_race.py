@@ -62,7 +62,7 @@ def main() -> None:
         url, segment.url, drift.url, SEGMENT_WRITE_KEY=None, DRIFT_ACCESS_TOKEN=None,
         DRIFT_CLIENT_ID="client-id", DRIFT_CLIENT_SECRET="client-secret",
         SECRET_KEY="attack-secret-key-attack-secret-key", DELIVERY_LOOKUP_WAIT_SECONDS=5))
-    from drift_segment_source.oauth_client import TokenGrant
+    from drift_segment_source.app_mode.oauth_client import TokenGrant
     directory = svc.app.extensions["routing"].directory
     directory.save_tokens(ORG_APP, TokenGrant("token-0", "refresh-1", 60.0, ORG_APP))
     common.save_write_key(directory, ORG_APP, common.harness.WRITE_KEY, segment.url)

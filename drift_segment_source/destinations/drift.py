@@ -22,8 +22,8 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from .drift_api import Credentials, DriftApi, DriftApiError
-from .segment_translators import Action, Timeline, Upsert
+from drift_segment_source.drift_api import Credentials, DriftApi, DriftApiError
+from drift_segment_source.sources.segment.translators import Action, Timeline, Upsert
 
 # A contact's id for an externalId only changes if the contact is deleted (a PATCH then
 # answers 404 and the entry is dropped), so it is kept a few minutes: a user's track, page

@@ -31,13 +31,16 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import NotFound
 
-from . import config, metrics
-from .envelope import Rejected, check_carriable, parse_json
-from .intake import Taken, storage_rejection
-from .orgs import AppRouting
-from .routing import current_routing
-from .segment_out import INTEGRATION
-from .segment_translators import (
+from drift_segment_source import config, metrics
+from drift_segment_source.app_mode.orgs import AppRouting
+from drift_segment_source.destinations.segment import INTEGRATION
+from drift_segment_source.routing import current_routing
+from drift_segment_source.sources.drift.envelope import Rejected, check_carriable, parse_json
+from drift_segment_source.sources.drift.webhooks import read_body
+from drift_segment_source.store.intake import Taken, storage_rejection
+from drift_segment_source.store.store import Store, StoreUnavailable, Unstorable, storage_error
+
+from .translators import (
     NOT_RELAYED,
     SEGMENT_TRANSLATORS,
     NotASegmentMessage,
@@ -47,8 +50,6 @@ from .segment_translators import (
     segment_dedupe_key,
     translate,
 )
-from .store import Store, StoreUnavailable, Unstorable, storage_error
-from .webhooks import read_body
 
 blueprint = Blueprint("segment_webhooks", __name__)
 log = logging.getLogger("drift_segment_source.segment_webhooks")

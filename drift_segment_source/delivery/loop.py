@@ -30,20 +30,29 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from . import metrics
+from drift_segment_source import metrics
+from drift_segment_source.deadlines import TookTooLong, call_within
+from drift_segment_source.destinations.drift import DriftWrites, NotYet
+from drift_segment_source.destinations.segment import (
+    MessageBuilder,
+    MessageTooLarge,
+    SegmentError,
+    Transport,
+    batches,
+)
+from drift_segment_source.drift_api import DriftApi, DriftApiError, Missing
+from drift_segment_source.routing import NO_DRIFT_TOKEN, Destination, Held, Routing
+from drift_segment_source.sources.drift.translators import TRANSLATORS, NoContact, translate
+from drift_segment_source.sources.drift.translators.base import receipt_ms
+from drift_segment_source.sources.segment.translators import (
+    EVENT_TYPE_PREFIX as SEGMENT_EVENT_PREFIX,
+)
+from drift_segment_source.sources.segment.translators import translate as drift_actions
+from drift_segment_source.store.store import Failure, Store, StoredWebhook
+
 from .breakers import PARKED_REASONS, Breakers, drift_key, segment_key
-from .deadlines import TookTooLong, call_within
-from .drift_api import DriftApi, DriftApiError, Missing
-from .drift_writes import DriftWrites, NotYet
 from .lookups import Lookups
-from .routing import NO_DRIFT_TOKEN, Destination, Held, Routing
-from .segment_out import MessageBuilder, MessageTooLarge, SegmentError, Transport, batches
-from .segment_translators import EVENT_TYPE_PREFIX as SEGMENT_EVENT_PREFIX
-from .segment_translators import translate as drift_actions
 from .stitching import Stitching, facts_of_contact, merged
-from .store import Failure, Store, StoredWebhook
-from .translators import TRANSLATORS, NoContact, translate
-from .translators.base import receipt_ms
 
 log = logging.getLogger("drift_segment_source.delivery")
 

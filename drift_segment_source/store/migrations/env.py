@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from drift_segment_source.db import metadata
+from drift_segment_source.store.db import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .commits import digest_of
-from .translators import ContactFacts, SegmentCall, message_id
+from drift_segment_source.sources.drift.translators import ContactFacts, SegmentCall, message_id
+from drift_segment_source.store.commits import digest_of
 
 # Drift's drift_aid values: five groups of hex digits like a UUID. Drift's own documented
 # example ends with 11 digits, not 12, so the last group is allowed 10 to 12.

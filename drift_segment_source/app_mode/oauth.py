@@ -27,12 +27,12 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
+from drift_segment_source.pages import message_page, no_store
+
+from .install_pages import START_AGAIN, PageAnswer, app_routing, error_page
 from .oauth_client import OAuthError
-from .orgs import AppRouting
-from .pages import message_page, no_store
 
 blueprint = Blueprint("oauth", __name__)
 log = logging.getLogger("drift_segment_source.oauth")
@@ -40,15 +40,10 @@ log = logging.getLogger("drift_segment_source.oauth")
 STATE_SALT = "drift-segment-source/oauth-state"
 # Long enough to log in to Drift on the way, short enough that a leaked URL soon expires.
 STATE_MAX_AGE_SECONDS = 600
-START_AGAIN = ("Install again", "/oauth/install")
-
-PageAnswer = tuple[str, int] | BaseResponse
 
 
 def init_app(app: Flask) -> None:
-    """App mode: the install flow's pages and a session cookie fit for them."""
-    from .write_key import blueprint as write_key_blueprint
-
+    """App mode: the install flow's first pages and a session cookie fit for them."""
     public_url = app.config.get("PUBLIC_URL") or ""
     app.config.update(
         SESSION_COOKIE_NAME="dss_session",
@@ -59,7 +54,6 @@ def init_app(app: Flask) -> None:
     )
     app.session_interface = SessionCookies()
     app.register_blueprint(blueprint)
-    app.register_blueprint(write_key_blueprint)
 
 
 class SessionCookies(SecureCookieSessionInterface):
@@ -71,12 +65,6 @@ class SessionCookies(SecureCookieSessionInterface):
         if super().get_cookie_secure(app):
             return True
         return has_request_context() and request.is_secure
-
-
-def app_routing() -> AppRouting:
-    """The app-mode routing of the current app."""
-    routing: AppRouting = current_app.extensions["routing"]
-    return routing
 
 
 def state_serializer() -> URLSafeTimedSerializer:
@@ -168,16 +156,6 @@ def check_state(state: str) -> tuple[str, int] | None:
                             "The answer from Drift does not match the install started in this "
                             "browser. Start the install again.", START_AGAIN)
     return None
-
-
-def error_page(error: Exception) -> tuple[str, int]:
-    """Errors on the install pages get a page, never a stack trace (the log has it)."""
-    if isinstance(error, HTTPException):
-        return message_page(error.code or 500, error.name, error.description or "")
-    log.exception("unhandled error on an install page")
-    return message_page(500, "Something went wrong",
-                        "The error was logged. Nothing secret was shown; please try again.",
-                        START_AGAIN)
 
 
 blueprint.after_request(no_store)

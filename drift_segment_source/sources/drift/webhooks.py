@@ -14,11 +14,12 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import ClientDisconnected
 
-from . import metrics
+from drift_segment_source import metrics
+from drift_segment_source.routing import current_routing
+from drift_segment_source.store.intake import take_in
+from drift_segment_source.store.store import Store
+
 from .envelope import Envelope, Rejected, check_carriable, parse_json, read_envelope
-from .intake import take_in
-from .routing import current_routing
-from .store import Store
 from .translators import TRANSLATORS
 from .verification import token_is_valid
 

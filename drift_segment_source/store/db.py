@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, make_url
 
-from .config import normalise_database_url
+from drift_segment_source.config import normalise_database_url
 
 metadata = MetaData()
 

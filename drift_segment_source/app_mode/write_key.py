@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 
-from .oauth import START_AGAIN, PageAnswer, app_routing, error_page
+from drift_segment_source.destinations.segment import HttpTransport, SegmentError
+from drift_segment_source.pages import message_page, no_store
+
+from .install_pages import START_AGAIN, PageAnswer, app_routing, error_page
 from .orgs import REGION_HOSTS, Org
-from .pages import message_page, no_store
-from .segment_out import HttpTransport, SegmentError
 
 blueprint = Blueprint("write_key", __name__)
 log = logging.getLogger("drift_segment_source.write_key")

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 from flask import Flask
 
-from .envelope import Rejected, read_envelope
+from drift_segment_source.routing import Routing
+from drift_segment_source.sources.drift.envelope import Rejected, read_envelope
+
 from .intake import take_in
-from .routing import Routing
 from .store import Store
 
 

@@ -16,12 +16,18 @@ from typing import Any
 from marshmallow import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from .envelope import Envelope, Rejected
-from .routing import Routing
-from .segment_out import MessageBuilder, MessageTooLarge
+from drift_segment_source.destinations.segment import MessageBuilder, MessageTooLarge
+from drift_segment_source.routing import Routing
+from drift_segment_source.sources.drift.envelope import Envelope, Rejected
+from drift_segment_source.sources.drift.translators import (
+    TRANSLATORS,
+    Translator,
+    dedupe_key,
+    translate,
+)
+from drift_segment_source.sources.drift.translators.base import receipt_ms
+
 from .store import Store, StoreUnavailable, Unstorable, storage_error
-from .translators import TRANSLATORS, Translator, dedupe_key, translate
-from .translators.base import receipt_ms
 
 log = logging.getLogger("drift_segment_source.intake")
 

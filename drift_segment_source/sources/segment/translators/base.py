@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..translators.base import is_contact_id
+from drift_segment_source.sources.drift.translators.base import is_contact_id
 
 Message = Mapping[str, Any]
 # Epoch values below this are seconds, at or above it milliseconds: 10^11 ms is March 1973,

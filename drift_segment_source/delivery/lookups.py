@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from .deadlines import call_within
+from drift_segment_source.deadlines import call_within
 
 # Lookups running at once per delivery loop: enough for a burst of distinct conversations,
 # few enough to stay well inside Drift's rate limit. Others queue, up to MAX_QUEUED.

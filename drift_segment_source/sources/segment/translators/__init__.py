@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..translators.base import dedupe_key
+from drift_segment_source.sources.drift.translators.base import dedupe_key
+
 from . import group, identify, page, track
 from .base import (
     Action,

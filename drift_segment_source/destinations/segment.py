@@ -19,8 +19,8 @@ from segment.analytics import Client
 from segment.analytics import request as segment_request
 from segment.analytics.request import APIError, DatetimeSerializer, parse_retry_after, post
 
-from . import __version__
-from .translators import SegmentCall
+from drift_segment_source import __version__
+from drift_segment_source.sources.drift.translators import SegmentCall
 
 INTEGRATION = {"name": "drift-segment-source", "version": __version__}
 # Segment's limits are 500 KB and 2,500 messages per batch; stay under with room for the

@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from .drift_api import Credentials, DriftApi
+from drift_segment_source.drift_api import Credentials, DriftApi
+from drift_segment_source.routing import Routing
+from drift_segment_source.store.intake import HORIZON_MARGIN_SECONDS, take_in
+from drift_segment_source.store.store import Store
+
 from .envelope import Rejected, read_envelope
-from .intake import HORIZON_MARGIN_SECONDS, take_in
-from .routing import Routing
-from .store import Store
 
 
 def implied_webhooks(drift_api: DriftApi, credentials: Credentials, org_id: int,

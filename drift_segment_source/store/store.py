@@ -140,7 +140,7 @@ class Store:
     def migrate(self) -> None:
         """Create or update the schema to the newest Alembic revision."""
         config = Config()
-        config.set_main_option("script_location", "drift_segment_source:migrations")
+        config.set_main_option("script_location", "drift_segment_source.store:migrations")
         with self._writing() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")

@@ -21,13 +21,14 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, Row
 
-from .db import orgs, webhooks
-from .drift_api import Credentials, DriftApiError
-from .logs import REDACTOR
+from drift_segment_source.drift_api import Credentials, DriftApiError
+from drift_segment_source.logs import REDACTOR
+from drift_segment_source.routing import NEEDS_REINSTALL, NO_WRITE_KEY, Destination, Held, Route
+from drift_segment_source.store.db import orgs, webhooks
+from drift_segment_source.store.store import Store
+
 from .oauth_client import DriftOAuth, OAuthError, TokenGrant
-from .routing import NEEDS_REINSTALL, NO_WRITE_KEY, Destination, Held, Route
 from .secrets_box import SecretBox, SecretUnreadable
-from .store import Store
 
 log = logging.getLogger("drift_segment_source.orgs")
 

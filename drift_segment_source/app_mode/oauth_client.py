@@ -12,8 +12,8 @@ from typing import Any
 
 import requests
 
-from . import metrics
-from .drift_api import make_session
+from drift_segment_source import metrics
+from drift_segment_source.drift_api import make_session
 
 ORG_IN_USERID = re.compile(r"orgId:(\d+)")
 

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql, sqlite
 
-from drift_segment_source.translators import TRANSLATORS, dedupe_key
-from drift_segment_source.translators.base import receipt_ms
+from drift_segment_source.sources.drift.translators import TRANSLATORS, dedupe_key
+from drift_segment_source.sources.drift.translators.base import receipt_ms
 
 revision = "0002"
 down_revision = "0001"

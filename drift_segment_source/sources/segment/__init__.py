@@ -1,0 +1,2 @@
+"""Segment → Drift, the way in: the signed ``/webhooks/segment`` endpoint (``webhooks``) and
+one translator per Segment call type (``translators/``)."""
