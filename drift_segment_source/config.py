@@ -64,6 +64,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Shared secret(s) of Segment's Webhooks destination, comma-separated during "
             "rotation; enables POST /webhooks/segment (self-hosted).",
             parse=_token_list, secret=True),
+    Setting("SEGMENT_BATCH_SIGNATURE_MAX_AGE_HOURS", 12.0,
+            "A Segment batch signed over its first element only (Actions batching) is "
+            "accepted when that element's receivedAt (else sentAt) is at most this old, so a "
+            "captured signed message cannot authenticate forged elements later.",
+            parse=_number),
     Setting("SEGMENT_UNKNOWN_USER_RETRY_MINUTES", 60.0,
             "How long a Segment event for a user Drift does not know yet is retried (its "
             "identify may be on the way), counted from receipt, before it is dead-lettered.",

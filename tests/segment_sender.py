@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 SECRET = "segment-shared-secret-test"
@@ -24,3 +25,9 @@ def headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
     """The headers of a signed request, as Webhooks (Actions) sends it."""
     return {"Content-Type": "application/json", "User-Agent": "Segment (Actions)",
             "X-Signature": sign(body, secret)}
+
+
+def received(hours_ago: float = 0.0) -> str:
+    """A ``receivedAt`` as Segment sets it: when Segment got the event (ISO 8601, UTC)."""
+    moment = datetime.now(UTC) - timedelta(hours=hours_ago)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -10,7 +10,7 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from .conftest import AppFactory
-from .segment_sender import SECRET, sign, stringify
+from .segment_sender import SECRET, received, sign, stringify
 
 
 def identify(message_id: str = "m-1", **extra: Any) -> dict[str, Any]:
@@ -90,7 +90,8 @@ def test_the_signature_hex_is_read_in_either_case(app: Flask) -> None:
 
 def test_a_batch_signed_on_its_first_element_is_accepted(app: Flask) -> None:
     """Webhooks (Actions) with batching signs JSON.stringify(first event) only."""
-    messages = [identify("m-1"), track("t-1"), track("t-2", event="Cart Viewed")]
+    messages = [identify("m-1", receivedAt=received()), track("t-1"),
+                track("t-2", event="Cart Viewed")]
     answer = post(app, stringify(messages), sign(stringify(messages[0])))
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["counts"] == {"accepted": 3}
@@ -105,7 +106,7 @@ def test_a_batch_signed_whole_is_accepted(app: Flask) -> None:
 
 
 def test_a_pretty_printed_batch_is_read_byte_for_byte(app: Flask) -> None:
-    first = identify("m-1")
+    first = identify("m-1", receivedAt=received())
     body = b"[\n  " + json.dumps(first, indent=2).encode() + b",\n  " + stringify(track()) + b"\n]"
     first_bytes = json.dumps(first, indent=2).encode()
     assert post(app, body, sign(first_bytes)).get_json()["counts"] == {"accepted": 2}
@@ -124,10 +125,45 @@ def test_a_tampered_body_is_401(app: Flask) -> None:
 
 def test_with_a_first_element_signature_later_elements_are_not_authenticated(
         app: Flask) -> None:
-    """The documented cost of Segment's batching quirk: only the first element is signed."""
-    first = identify()
+    """The documented cost of Segment's batching quirk: only the first element is signed,
+    so while it is recent, elements placed after it are taken as they come."""
+    first = identify(receivedAt=received(hours_ago=1))
     appended = stringify([first, track("t-added", event="Anything")])
     assert post(app, appended, sign(stringify(first))).get_json()["counts"] == {"accepted": 2}
+
+
+def test_a_captured_signed_message_cannot_carry_forged_elements_later(app: Flask) -> None:
+    """A signed message seen once (a Classic request, a log line) is no key for ever: a
+    batch signed over its first element only needs that element to be recent."""
+    captured = identify("m-old", receivedAt=received(hours_ago=13))
+    body = stringify(captured)
+    assert post(app, body, sign(body)).get_json()["status"] == "accepted"  # signed whole
+    forged = stringify([captured, identify("m-forged", traits={"email": "eve@example.com"})])
+    answer = post(app, forged, sign(body))
+    assert answer.status_code == 401
+    assert "SEGMENT_BATCH_SIGNATURE_MAX_AGE_HOURS" in answer.get_json()["message"]
+    assert stored(app) == {("segment:identify", "pending"): 1}
+
+
+def test_a_first_element_signature_needs_a_time_segment_set(app: Flask) -> None:
+    """``timestamp`` can be any time the sender chose (imports): only Segment's receivedAt
+    or the library's sentAt tell a fresh batch from a replay."""
+    first = identify()
+    assert "receivedAt" not in first and "sentAt" not in first
+    answer = post(app, stringify([first, track()]), sign(stringify(first)))
+    assert answer.status_code == 401
+    assert "receivedAt" in answer.get_json()["message"]
+    in_the_future = identify(sentAt=received(hours_ago=-3))
+    answer = post(app, stringify([in_the_future, track()]), sign(stringify(in_the_future)))
+    assert answer.status_code == 401
+    assert stored(app) == {}
+
+
+def test_the_signed_element_age_limit_is_a_setting(make_app: AppFactory) -> None:
+    app = make_app(SEGMENT_SHARED_SECRET=SECRET, SEGMENT_BATCH_SIGNATURE_MAX_AGE_HOURS=24)
+    first = identify(sentAt=received(hours_ago=13))
+    answer = post(app, stringify([first, track()]), sign(stringify(first)))
+    assert answer.get_json()["counts"] == {"accepted": 2}
 
 
 def test_a_classic_single_message_is_verified_over_its_raw_bytes(app: Flask) -> None:

@@ -12,8 +12,11 @@ The signature is ``X-Signature``: the hex HMAC-SHA1 of the body with the shared 
 Segment's Webhooks (Actions) destination signs ``JSON.stringify(data)``, and with batching
 on, ``data`` is the batch's first event, not the array it sends. So a JSON array is accepted
 when the signature is of the whole body (Classic, or Actions once Segment fixes this) or of
-the exact bytes of its first element; in the second case only that element is authenticated
-(see the README, "Segment → Drift").
+the exact bytes of its first element. In the second case only that element is authenticated,
+so a captured signed message could be replayed with forged elements after it: that form is
+accepted only while the signed element's ``receivedAt`` (else ``sentAt``, both set by Segment
+or its library when the event is sent) is recent (``SEGMENT_BATCH_SIGNATURE_MAX_AGE_HOURS``;
+see the README, "Segment → Drift").
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from .translators import (
     segment_dedupe_key,
     translate,
 )
+from .translators.base import parse_time_ms
 
 blueprint = Blueprint("segment_webhooks", __name__)
 log = logging.getLogger("drift_segment_source.segment_webhooks")
@@ -91,8 +95,11 @@ def answer(org_id: int, secrets: Sequence[str]) -> tuple[Response, int]:
     store: Store = current_app.extensions["store"]
     try:
         body = read_body()
-        check_signature(body, request.headers.get("X-Signature"), secrets)
+        whole = check_signature(body, request.headers.get("X-Signature"), secrets)
         document = parse_json(body)
+        if not whole:
+            check_signed_element_is_recent(document, store.clock(),
+                                           current_app.config["SEGMENT_BATCH_SIGNATURE_MAX_AGE_HOURS"])
     except Rejected as rejection:
         status, reply = rejection.status, rejection.body
         count(None, str(rejection.body["error"]))
@@ -119,22 +126,50 @@ def answer(org_id: int, secrets: Sequence[str]) -> tuple[Response, int]:
 # -- the signature ----------------------------------------------------------------------------
 
 
-def check_signature(body: bytes, presented: str | None, secrets: Sequence[str]) -> None:
-    """Rejected(401) unless ``presented`` is the HMAC-SHA1 of the body, or of a batch's first
-    element, with one of ``secrets`` (constant-time compares, every one made)."""
-    signed = [body]
+def check_signature(body: bytes, presented: str | None, secrets: Sequence[str]) -> bool:
+    """Whether ``presented`` is the HMAC-SHA1 of the whole body (True) or only of a batch's
+    first element (False), with one of ``secrets`` (constant-time compares, every one made);
+    Rejected(401) when it is neither."""
     first = first_element(body)
-    if first is not None:
-        signed.append(first)
     wanted = (presented or "").strip().lower().encode("utf-8", "replace")
-    matched = False
+    whole = of_first = False
     for secret in secrets:
-        for content in signed:
-            digest = hmac.new(secret.encode("utf-8"), content, hashlib.sha1).hexdigest()
-            matched |= hmac.compare_digest(digest.encode(), wanted)
-    if not presented or not matched:
+        key = secret.encode("utf-8")
+        whole |= hmac.compare_digest(hmac.new(key, body, hashlib.sha1).hexdigest().encode(),
+                                     wanted)
+        if first is not None:
+            of_first |= hmac.compare_digest(
+                hmac.new(key, first, hashlib.sha1).hexdigest().encode(), wanted)
+    if not presented or not (whole or of_first):
         raise Rejected(401, "unauthorized", "Missing or wrong X-Signature (HMAC-SHA1 of the "
                        "body with SEGMENT_SHARED_SECRET).")
+    return whole
+
+
+def check_signed_element_is_recent(document: Any, now: float, max_age_hours: float) -> None:
+    """Rejected(401) unless the signed first element of a batch says it was sent recently.
+
+    Its signature covers no time of its own, so without this one signed message ever seen
+    (a log, a proxy) would authenticate any elements placed after it, for ever. Segment
+    retries for up to 4 hours; a replay of older data must be sent unbatched."""
+    first = document[0] if isinstance(document, list) and document else None
+    sent = None
+    if isinstance(first, dict):
+        for name in ("receivedAt", "sentAt"):
+            if isinstance(first.get(name), str):
+                sent = parse_time_ms(first[name])
+                if sent is not None:
+                    break
+    if sent is None:
+        raise Rejected(401, "unauthorized", "A batch signed over its first element only needs "
+                       "that element's receivedAt or sentAt, to tell it from a replay; send "
+                       "the whole body signed, or include receivedAt in the mapping.")
+    age_hours = (now * 1000 - sent) / 3_600_000
+    if not -1 <= age_hours <= max_age_hours:
+        raise Rejected(401, "unauthorized", "A batch signed over its first element only is "
+                       f"accepted while that element is under {max_age_hours:g} hours old "
+                       f"(SEGMENT_BATCH_SIGNATURE_MAX_AGE_HOURS); its receivedAt/sentAt is "
+                       f"{age_hours:.1f} hours from now.")
 
 
 def first_element(body: bytes) -> bytes | None:
