@@ -334,3 +334,16 @@ def test_all_false_with_drift_true_is_relayed(app: Flask) -> None:
 def test_another_integration_name_is_relayed(app: Flask) -> None:
     answer = send(app, identify(context={"integration": {"name": "some-other-source"}}))
     assert answer.get_json()["status"] == "accepted"
+
+
+def test_widget_events_of_the_client_script_are_not_echoed_into_drift(app: Flask) -> None:
+    """/drift-segment.js tracks Drift's widget events in the browser, with no way to mark
+    them; Segment forwards them here like any track. They happened in Drift."""
+    echoed = track("t-widget", event="Drift Source Event: Conversation Started",
+                   anonymousId="1234567890", properties={"conversationId": 42})
+    answer = send(app, echoed)
+    assert answer.get_json()["status"] == "ignored"
+    assert "loop guard" in answer.get_json()["reason"]
+    similar = track("t-own", event="Drift Source Eventually Consistent")
+    assert send(app, similar).get_json()["status"] == "accepted"
+    assert stored(app) == {("segment:track", "pending"): 1}

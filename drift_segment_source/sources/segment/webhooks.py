@@ -39,6 +39,7 @@ from drift_segment_source.app_mode.orgs import AppRouting
 from drift_segment_source.destinations.segment import INTEGRATION
 from drift_segment_source.routing import current_routing
 from drift_segment_source.sources.drift.envelope import Rejected, check_carriable, parse_json
+from drift_segment_source.sources.drift.translators import EVENT_PREFIX
 from drift_segment_source.sources.drift.webhooks import read_body
 from drift_segment_source.store.intake import Taken, storage_rejection
 from drift_segment_source.store.store import Store, StoreUnavailable, Unstorable, storage_error
@@ -283,6 +284,12 @@ def loop_guard(message: dict[str, Any]) -> str | None:
     integration = context.get("integration") if isinstance(context, dict) else None
     if isinstance(integration, dict) and integration.get("name") == INTEGRATION["name"]:
         return f"sent to Segment by {INTEGRATION['name']} itself (loop guard)"
+    # Events named like ours describe something that happened in Drift: sent by the browser
+    # (/drift-segment.js, which cannot mark them) or by Drift's own Segment Source app.
+    event = message.get("event")
+    if message.get("type") == "track" and isinstance(event, str) \
+            and event.startswith(EVENT_PREFIX):
+        return f"a track named {EVENT_PREFIX!r}… happened in Drift (loop guard)"
     integrations = message.get("integrations")
     if not isinstance(integrations, dict):
         return None
