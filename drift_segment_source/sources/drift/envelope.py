@@ -74,16 +74,30 @@ def parse_json(body: bytes) -> Any:
                        limit=MAX_DEPTH) from None
 
 
-def check_carriable(body: bytes, document: Any) -> None:
+@dataclass(frozen=True)
+class WalksNeeded:
+    """What a cheap look at a body's bytes says its documents need walked for."""
+    depth: bool
+    surrogates: bool
+
+    @classmethod
+    def of(cls, body: bytes) -> WalksNeeded:
+        return cls(depth=body.count(b"{") + body.count(b"[") > MAX_DEPTH,
+                   surrogates=SURROGATE_ESCAPE.search(body) is not None)
+
+
+def check_carriable(body: bytes | WalksNeeded, document: Any) -> None:
     """Rejected(400) for JSON the store or Segment cannot carry: nesting deeper than
     MAX_DEPTH, a lone UTF-16 surrogate. Run after the token check: only Drift's bodies are
-    walked, and only when a cheap look at the bytes says they may need it."""
-    if body.count(b"{") + body.count(b"[") > MAX_DEPTH:
+    walked, and only when a cheap look at the bytes says they may need it (a batch of many
+    documents passes that look once, as ``WalksNeeded``, not once per document)."""
+    needed = body if isinstance(body, WalksNeeded) else WalksNeeded.of(body)
+    if needed.depth:
         path = too_deep(document)
         if path is not None:
             raise Rejected(400, "json_too_deep", f"Body is nested deeper than {MAX_DEPTH} "
                            f"levels (at {path}).", limit=MAX_DEPTH)
-    if SURROGATE_ESCAPE.search(body):
+    if needed.surrogates:
         path = lone_surrogate(document)
         if path is not None:
             raise Rejected(400, "invalid_unicode", f"{path} holds a lone UTF-16 surrogate "

@@ -38,7 +38,12 @@ from drift_segment_source import config, metrics
 from drift_segment_source.app_mode.orgs import AppRouting
 from drift_segment_source.destinations.segment import INTEGRATION
 from drift_segment_source.routing import current_routing
-from drift_segment_source.sources.drift.envelope import Rejected, check_carriable, parse_json
+from drift_segment_source.sources.drift.envelope import (
+    Rejected,
+    WalksNeeded,
+    check_carriable,
+    parse_json,
+)
 from drift_segment_source.sources.drift.translators import EVENT_PREFIX
 from drift_segment_source.sources.drift.webhooks import read_body
 from drift_segment_source.store.intake import Taken, storage_rejection
@@ -109,9 +114,11 @@ def answer(org_id: int, secrets: Sequence[str]) -> tuple[Response, int]:
         try:
             # Each message's outcome is counted where it is decided.
             if isinstance(document, list):
-                status, reply = 200, take_batch(body, document, org_id, store, received_at)
+                status, reply = 200, take_batch(WalksNeeded.of(body), document, org_id,
+                                                store, received_at)
             else:
-                taken = take_message(body, document, org_id, store, received_at)
+                taken = take_message(WalksNeeded.of(body), document, org_id, store,
+                                     received_at)
                 status, reply = 200, taken.answer()
         except Rejected as rejection:
             status, reply = rejection.status, rejection.body
@@ -193,7 +200,7 @@ def first_element(body: bytes) -> bytes | None:
 # -- the messages -----------------------------------------------------------------------------
 
 
-def take_batch(body: bytes, messages: list[Any], org_id: int, store: Store,
+def take_batch(walks: WalksNeeded, messages: list[Any], org_id: int, store: Store,
                received_at: float) -> dict[str, Any]:
     """Check every message of a batch, store the sound ones; the answer lists each message's
     outcome in order. Rejected(503) when the store is down (Segment retries the batch, and
@@ -204,7 +211,7 @@ def take_batch(body: bytes, messages: list[Any], org_id: int, store: Store,
     to_store: list[tuple[int, dict[str, Any], str]] = []
     for index, message in enumerate(messages):
         try:
-            call_type = checked(body, message)
+            call_type = checked(walks, message)
         except Rejected as rejection:
             results[index] = {"status": "rejected", **rejection.body}
             continue
@@ -230,10 +237,10 @@ def take_batch(body: bytes, messages: list[Any], org_id: int, store: Store,
     return {"status": "batch", "counts": counts, "results": results}
 
 
-def take_message(body: bytes, message: Any, org_id: int, store: Store,
+def take_message(walks: WalksNeeded, message: Any, org_id: int, store: Store,
                  received_at: float) -> Taken:
     """Check one message and store it, or say why it is ignored; Rejected otherwise."""
-    call_type = checked(body, message)
+    call_type = checked(walks, message)
     if isinstance(call_type, Taken):
         return call_type
     taken = stored_or_rejection(message, call_type, org_id, store, received_at)
@@ -242,23 +249,25 @@ def take_message(body: bytes, message: Any, org_id: int, store: Store,
     return taken
 
 
-def checked(body: bytes, message: Any) -> str | Taken:
+def checked(walks: WalksNeeded, message: Any) -> str | Taken:
     """The message's call type when it is to be stored; Taken("ignored") with the reason
     when not; Rejected(400) when it is not a Segment message or holds what the store
-    cannot carry (``body`` only tells whether the message needs walking for that)."""
+    cannot carry (``walks``, from one look at the whole body, tells whether the message
+    needs walking for that: looking at the body again for each message of a batch would
+    cost messages × body size)."""
     try:
-        return checked_message(body, message)
+        return checked_message(walks, message)
     except Rejected as rejection:
         count(message.get("type") if isinstance(message, dict) else None,
               str(rejection.body["error"]))
         raise
 
 
-def checked_message(body: bytes, message: Any) -> str | Taken:
+def checked_message(walks: WalksNeeded, message: Any) -> str | Taken:
     """``checked`` without the counting of refusals."""
     if not isinstance(message, dict):
         raise Rejected(400, "invalid_message", "A Segment message must be a JSON object.")
-    check_carriable(body, message)
+    check_carriable(walks, message)
     try:
         call_type = check(message)
         ignored = loop_guard(message)
