@@ -172,6 +172,31 @@ def test_open_circuits_show_on_metrics_and_status(make_app: AppFactory, segment:
     assert json.dumps(status).count("waiting for Segment") >= 1
 
 
+def test_a_circuit_left_open_by_another_loop_clears_when_segment_answers(
+        make_app: AppFactory, segment: FakeSegment, clock: Clock) -> None:
+    """Breakers live in each loop; the record in the store is shared. A loop that opened
+    one and then stopped (a restart, another worker) must not leave /readyz and /metrics
+    saying "open" for ever once Segment answers the loop that runs now."""
+    app = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, DELIVERY_BATCH_SIZE=1)
+    post_conversations(app, 6)
+    segment.fail_always(503)
+    before_restart = make_delivery(app)
+    for _ in range(FAILURES_TO_OPEN + 1):
+        before_restart.run_round()
+        clock.advance(1)
+    assert app.extensions["store"].open_breakers() != {}
+    segment.recover()
+    after_restart = make_delivery(app)
+    for _ in range(20):
+        after_restart.run_round()
+        clock.advance(1)
+    assert {row["state"] for row in rows(app)} == {"delivered"}
+    assert app.extensions["store"].open_breakers() == {}
+    assert app.test_client().get("/readyz").get_json()["checks"]["circuits"]["open"] == 0
+    scrape = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'drift_segment_source_open_circuits{destination="segment"} 0.0' in scrape
+
+
 @pytest.mark.slow
 def test_a_real_service_resumes_within_seconds_after_an_outage(
         database_url: str, segment: FakeSegment, tmp_path: Path) -> None:

@@ -55,6 +55,9 @@ class Breakers:
     def __init__(self, on_change: Callable[[str, float | None], None],
                  clock: Callable[[], float] = time.time) -> None:
         self._breakers: dict[str, Breaker] = {}
+        # Destinations whose stored record this loop has cleared or written itself: another
+        # loop (before a restart, or another worker) may have left one open in the store.
+        self._known: set[str] = set()
         self._recovered: list[tuple[str, set[int]]] = []
         self._lock = threading.Lock()
         self._on_change = on_change
@@ -87,10 +90,14 @@ class Breakers:
             breaker = self._breakers.setdefault(key, Breaker())
             breaker.failures = 0
             if breaker.probe_at is None:
-                return
-            breaker.probe_at = None
-            self._recovered.append((key, breaker.orgs))
-            breaker.orgs = set()
+                if key in self._known:
+                    return
+                # Once per destination: clear what another loop may have left open.
+                self._known.add(key)
+            else:
+                breaker.probe_at = None
+                self._recovered.append((key, breaker.orgs))
+                breaker.orgs = set()
         self._on_change(key, None)
 
     def failed(self, key: str, orgs: set[int]) -> bool:
@@ -105,6 +112,7 @@ class Breakers:
             if breaker.failures < FAILURES_TO_OPEN:
                 return False
             breaker.probe_at = self._clock() + PROBE_SECONDS
+            self._known.add(key)
         self._on_change(key, self._clock())
         return True
 
