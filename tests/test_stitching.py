@@ -138,6 +138,32 @@ def test_an_anonymous_or_unknown_contact_is_sent_without_user_id_never_lost(
     assert links(segment) == []
 
 
+def test_an_external_id_too_long_for_segment_never_loses_the_event(
+        app: Flask, segment: FakeSegment, drift: FakeDriftApi) -> None:
+    """The door measures messages without userId; stitching must not make an accepted
+    webhook undeliverable (SPEC §4). A 33 KB externalId from the Drift API, or a 1.5 KB one
+    on a message that was already near the 32 KB limit, goes out without userId."""
+    contact(drift, 7010, "u" * 33_000)
+    post(app, conversation(1, 7010))
+    post(app, webhook("contact_identified", {"endUserId": 7011, "email": "b@example.com",
+                                             "attributes": {"externalId": "x" * 17_000}}))
+    # 31.9 KB as the Drift app sends it; the 1,000-character userId takes it past 32 KB.
+    near_limit = {"endUserId": 7012, "attributes": {"externalId": "e" * 1_000,
+                                                    "name": "n" * 30_500}}
+    post(app, webhook("contact_identified", near_limit))
+    drain(app)
+    assert app.extensions["store"].counts() == {("new_conversation", "delivered"): 1,
+                                                ("contact_identified", "delivered"): 2}
+    assert sorted((m["anonymousId"], m.get("userId")) for m in segment.messages) == [
+        ("7010", None), ("7011", None), ("7012", None)]
+    assert links(segment) == []
+    stitched = {"endUserId": 7013, "attributes": {"externalId": "s" * 1_024}}
+    post(app, webhook("contact_identified", stitched))
+    drain(app)
+    assert segment.messages[-1]["userId"] == "s" * 1_024
+    assert links(segment)[0]["userId"] == "s" * 1_024
+
+
 def test_a_failing_contact_lookup_delays_only_its_rows(
         make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> None:
     app = make_app(SEGMENT_HOST=segment.url, DRIFT_API_URL=drift.url,

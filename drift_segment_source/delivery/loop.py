@@ -42,7 +42,12 @@ from drift_segment_source.destinations.segment import (
 )
 from drift_segment_source.drift_api import DriftApi, DriftApiError, Missing
 from drift_segment_source.routing import NO_DRIFT_TOKEN, Destination, Held, Routing
-from drift_segment_source.sources.drift.translators import TRANSLATORS, NoContact, translate
+from drift_segment_source.sources.drift.translators import (
+    TRANSLATORS,
+    NoContact,
+    SegmentCall,
+    translate,
+)
 from drift_segment_source.sources.drift.translators.base import receipt_ms
 from drift_segment_source.sources.segment.translators import (
     EVENT_TYPE_PREFIX as SEGMENT_EVENT_PREFIX,
@@ -406,7 +411,7 @@ class Delivery:
                     return
             received = datetime.fromtimestamp(row.received_at, tz=UTC)
             calls = translate(translator, row.org_id, data, received, conversation)
-            link = None
+            link, messages = None, None
             if self.stitching is not None and calls:
                 facts = translator.contact_facts(data)
                 lookup = (self.contact_lookup(row, calls[0].anonymous_id, known)
@@ -416,13 +421,29 @@ class Delivery:
                     if contact is WAIT:
                         return
                     facts = merged(facts, facts_of_contact(contact))
-                calls, link = self.stitching.stitch(row.org_id, calls, facts)
-            messages = [self.builder.build(call) for call in calls]
+                stitched, link = self.stitching.stitch(row.org_id, calls, facts)
+                if link is not None:
+                    messages = self.stitched_messages(row, stitched)
+                    link = None if messages is None else link
+            if messages is None:
+                messages = [self.builder.build(call) for call in calls]
             link_message = None if link is None else (link.key, self.builder.build(link.call))
         except Exception as error:
             outcomes.file(row, error)
             return
         ready.append(Prepared(row, destination, messages, link_message))
+
+    def stitched_messages(self, row: StoredWebhook,
+                          stitched: list[SegmentCall]) -> list[dict[str, Any]] | None:
+        """The stitched calls built, or None when the userId makes one over 32 KB: the door
+        measured the messages without it, so the row then goes out as the Drift app would
+        send it (anonymousId only) rather than to the dead letters (SPEC §4)."""
+        try:
+            return [self.builder.build(call) for call in stitched]
+        except MessageTooLarge:
+            log.warning("stitched message over 32 KB, sent without userId",
+                        extra={"webhook_id": row.id})
+            return None
 
     # -- Segment → Drift (SPEC §10) ---------------------------------------------------------
 

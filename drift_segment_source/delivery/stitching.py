@@ -26,6 +26,9 @@ from drift_segment_source.store.commits import digest_of
 # example ends with 11 digits, not 12, so the last group is allowed 10 to 12.
 DRIFT_AID_PATTERN = (r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                      r"[0-9a-fA-F]{10,12}")
+# No site's user id is this long; an externalId that is (a bug, or hostile input) would
+# only make messages too large for Segment, so the contact is sent without userId.
+MAX_USER_ID_CHARACTERS = 1_024
 # The messageId "type" of linking identifies: drift-identity_link-<hash of org, contact, id>.
 LINK = "identity_link"
 
@@ -58,6 +61,8 @@ class Stitching:
     def user_id(self, external_id: str | None) -> str | None:
         """The site's user id an externalId stands for, or None for Drift's own ids."""
         if external_id is None or not external_id.strip():
+            return None
+        if len(external_id) > MAX_USER_ID_CHARACTERS:
             return None
         if self.anonymous.fullmatch(external_id.strip()):
             return None
