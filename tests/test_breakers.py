@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,38 @@ def test_one_orgs_failing_drift_api_parks_only_its_lookup_rows(
         delivery.run_round()
         clock.advance(1)
     assert {row["state"] for row in rows(app)} == {"delivered"}
+
+
+def test_lookups_queued_before_the_circuit_opened_are_not_made_while_it_is_open(
+        make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> None:
+    """Each lookup of a hung Drift API holds a slot for its timeout; once the org's circuit
+    is open, the ones still queued must not each wait it out in turn (other orgs' lookups
+    and Drift writes queue behind them)."""
+    app = make_app(SEGMENT_HOST=segment.url, DRIFT_API_URL=drift.url,
+                   DRIFT_TIMEOUT_SECONDS=0.3, DELIVERY_BATCH_SIZE=100)
+    conversations = 40
+    for number in range(conversations):
+        drift.delay[str(900 + number)] = 2.0
+        app.test_client().post("/webhooks/drift", json=webhook(
+            "conversation_participant_added", {"conversationId": 900 + number,
+                                               "changedAt": 1714422673598,
+                                               "addedParticipants": [1]}))
+    delivery = make_delivery(app)
+    delivery.run_round()
+    deadline = time.monotonic() + 10
+    while delivery.lookups.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert delivery.lookups.running() == 0
+    assert delivery.breakers.is_open("drift:5000883")
+    # The lookups running when the circuit opened (8, and the few that threads freed by
+    # the first failures took), each with the client's one quick retry; all 40 queued
+    # lookups would have made 80 calls.
+    assert len(drift.calls) <= 2 * (8 + FAILURES_TO_OPEN), len(drift.calls)
+    delivery.run_round()
+    assert {row["state"] for row in rows(app)} == {"pending"}
+    # Only the failures that opened the circuit spent an attempt; the rest wait for a probe.
+    reasons = Counter(row["last_error"].split(":")[0] for row in rows(app))
+    assert reasons["waiting for the Drift API"] >= conversations - FAILURES_TO_OPEN, reasons
 
 
 def test_open_circuits_show_on_metrics_and_status(make_app: AppFactory, segment: FakeSegment,

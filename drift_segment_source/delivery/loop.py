@@ -492,6 +492,8 @@ class Delivery:
         error = lookup.exception()
         if error is None:
             return lookup.result()
+        if isinstance(error, Parked):
+            raise error
         breaker = drift_key(row.org_id)
         if self.breakers.is_open(breaker) and not (
                 isinstance(error, Held) or (isinstance(error, DriftApiError)
@@ -545,14 +547,22 @@ class Delivery:
         if not self.breakers.allows(breaker, {org_id}):
             raise Parked(f"{PARKED_REASONS['drift']}: it is not answering (circuit open)",
                          self.breakers.probe_in(breaker))
-        lookup = self.lookups.start(key, lambda: self.reporting(breaker, org_id, call))
+        # Allowed while open: this lookup is the probe, and runs even though it is open.
+        probe = self.breakers.is_open(breaker)
+        lookup = self.lookups.start(key, lambda: self.reporting(breaker, org_id, call, probe))
         if lookup is None:
             return BUSY
         known[key] = lookup
         return lookup
 
-    def reporting(self, breaker: str, org_id: int, call: Callable[[], Any]) -> Any:
-        """Run a lookup and tell the org's breaker whether the Drift API answered."""
+    def reporting(self, breaker: str, org_id: int, call: Callable[[], Any],
+                  probe: bool = False) -> Any:
+        """Run a lookup and tell the org's breaker whether the Drift API answered. A lookup
+        queued before the breaker opened is not made once it is open: each would wait out
+        the timeout while lookups of other orgs (and Drift writes) queue behind it."""
+        if not probe and self.breakers.is_open(breaker):
+            raise Parked(f"{PARKED_REASONS['drift']}: it is not answering (circuit open)",
+                         self.breakers.probe_in(breaker))
         try:
             result = call()
         except DriftApiError as error:
