@@ -39,8 +39,12 @@ class DriftApiError(Exception):
         return f"Drift API {self.status or 'network error'}: {self.message}"
 
 
+@dataclass(frozen=True)
 class TokenRejected(DriftApiError):
-    """Drift answered 401: the access token is wrong, revoked or expired."""
+    """Drift answered 401: the access token is wrong, revoked or expired. ``renewable``:
+    whether the token can be refreshed (app mode), or only replaced by its operator."""
+
+    renewable: bool = True
 
 
 class Missing:
@@ -230,6 +234,8 @@ class DriftApi:
             break
         if method != "GET" and response.ok and not response.content.strip():
             return None  # a write Drift confirmed without a body
+        if response.status_code == 401 and not credentials.refresh:
+            raise TokenRejected(401, "access token rejected", retryable=True, renewable=False)
         return self._answer(response)
 
     def _request(self, path: str, endpoint: str, token: str, method: str = "GET",

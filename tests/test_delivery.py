@@ -345,6 +345,35 @@ def test_without_a_drift_token_lookup_events_are_held_not_dropped(
     assert row(later, held)["state"] == "delivered"
 
 
+def test_a_token_drift_rejects_holds_its_rows_with_the_reason_not_as_an_outage(
+        make_app: AppFactory, segment: FakeSegment, drift: responses.RequestsMock) -> None:
+    """Self-hosted, a 401 cannot be refreshed away: no circuit to wait out (the rows would
+    sit "waiting for the Drift API" until the age limit), a token to replace."""
+    app = make_app(SEGMENT_HOST=segment.url, DRIFT_ACCESS_TOKEN="revoked-token")
+    drift.get(f"{DRIFT_API_URL}/conversations/3969707702", status=401,
+              json={"error": "invalid_token"})
+    held = post(app, participant_added())["id"]
+    post(app, conversations(1)[0])
+    delivery = make_delivery(app)
+    delivery.run_round()
+    for _ in range(20):  # the lookup ends beside the round; the row is prepared again
+        if row(app, held)["state"] != "pending":
+            break
+        delivery.wakeup.wait(0.1)
+        delivery.run_round()
+    assert row(app, held)["state"] == "held"
+    assert row(app, held)["hold_reason"] == "no_drift_token"
+    assert "rejected DRIFT_ACCESS_TOKEN (401)" in row(app, held)["last_error"]
+    assert not delivery.breakers.is_open("drift:5000883")
+    assert len(segment.messages) == 1
+    # A valid token and a restart: the held row is released and delivered.
+    drift.replace(responses.GET, f"{DRIFT_API_URL}/conversations/3969707702",
+                  json=conversation_answer())
+    later = make_app(SEGMENT_HOST=segment.url, DRIFT_ACCESS_TOKEN="new-token")
+    make_delivery(later).run_round()
+    assert row(later, held)["state"] == "delivered"
+
+
 # -- claiming -----------------------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ from drift_segment_source.destinations.segment import (
     Transport,
     batches,
 )
-from drift_segment_source.drift_api import DriftApi, DriftApiError, Missing
+from drift_segment_source.drift_api import DriftApi, DriftApiError, Missing, TokenRejected
 from drift_segment_source.routing import NO_DRIFT_TOKEN, Destination, Held, Routing
 from drift_segment_source.sources.drift.translators import (
     TRANSLATORS,
@@ -565,6 +565,17 @@ class Delivery:
                          self.breakers.probe_in(breaker))
         try:
             result = call()
+        except TokenRejected as error:
+            if error.renewable:
+                self.breakers.failed(breaker, {org_id})
+                raise
+            # Self-hosted: no outage to wait out, a token to replace. Its rows are held with
+            # the reason (released at start with a token), not parked until the age limit.
+            self.breakers.succeeded(breaker)
+            log.warning("Drift rejected DRIFT_ACCESS_TOKEN (401): rows that need the Drift "
+                        "API are held until a valid token is set", extra={"org_id": org_id})
+            raise Held(NO_DRIFT_TOKEN, "Drift rejected DRIFT_ACCESS_TOKEN (401): set a valid "
+                                       "token and restart") from None
         except DriftApiError as error:
             if error.retryable:
                 self.breakers.failed(breaker, {org_id})
