@@ -186,6 +186,27 @@ def test_lookups_queued_before_the_circuit_opened_are_not_made_while_it_is_open(
     assert reasons["waiting for the Drift API"] >= conversations - FAILURES_TO_OPEN, reasons
 
 
+def test_a_segment_that_hangs_opens_its_circuit_at_the_first_timeout(
+        make_app: AppFactory, segment: FakeSegment, clock: Clock) -> None:
+    """Each post to a host that does not answer holds its round for the whole timeout (and
+    in app mode, the rows of every other org in that round): one is enough to know."""
+    app = make_app(SEGMENT_HOST=segment.url, SEGMENT_TIMEOUT_SECONDS=0.3, DELIVERY_BATCH_SIZE=2,
+                   CLOCK=clock)
+    post_conversations(app, 6)
+    segment.delay = 1.0
+    delivery = make_delivery(app)
+    delivery.run_round()
+    assert len(app.extensions["store"].open_breakers()) == 1
+    for _ in range(3):  # within PROBE_SECONDS: parked, not posted
+        clock.advance(0.2)
+        delivery.run_round()
+    time.sleep(segment.delay + 0.5)  # the fake counts a request once it has answered it
+    assert segment.requests == 1
+    waiting = [row for row in rows(app) if row["last_error"] is not None]
+    assert waiting and all(row["last_error"].startswith("waiting for Segment")
+                           for row in waiting)
+
+
 def test_open_circuits_show_on_metrics_and_status(make_app: AppFactory, segment: FakeSegment,
                                                   clock: Clock) -> None:
     app = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, ADMIN_TOKEN="admin-token-123456",

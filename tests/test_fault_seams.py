@@ -14,6 +14,7 @@ import pytest
 from flask import Flask
 
 from drift_segment_source.app import make_delivery
+from drift_segment_source.delivery.breakers import PROBE_SECONDS
 from drift_segment_source.delivery.loop import Delivery
 from drift_segment_source.destinations.segment import HttpTransport
 from drift_segment_source.sources.drift.translators import TRANSLATORS, message_id
@@ -196,9 +197,13 @@ def test_a_hanging_segment_ends_the_round_inside_its_lease(
     assert took < 6, "the round outlived its lease"
     assert {row(app, webhook_id)["state"] for webhook_id in good} == {"pending"}
     assert all(row(app, webhook_id)["lease_owner"] is None for webhook_id in good)
+    # A post that got no answer in time opened the circuit: the rows wait for its probe.
+    assert delivery.breakers.is_open(next(iter(app.extensions["store"].open_breakers())))
     segment.delay = 0
-    time.sleep(0.1)
-    delivery.run_round()
+    deadline = time.monotonic() + PROBE_SECONDS * 3
+    while delivered_ids(app, good) != set(good) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        delivery.run_round()
     assert delivered_ids(app, good) == set(good)
 
 
@@ -267,11 +272,14 @@ def test_no_post_outlives_the_lease_whatever_segment_does(
     app = make_app(SEGMENT_HOST=segment.url, DELIVERY_LEASE_SECONDS=3,
                    TRANSPORT=SlowTransport(6))
     good = post_good(app, 10)
-    took = timed_round(make_delivery(app))
+    delivery = make_delivery(app)
+    took = timed_round(delivery)
     assert took < 3, "the round outlived its lease: another loop could send it again"
     assert all(row(app, webhook_id)["state"] == "pending" and
                row(app, webhook_id)["lease_owner"] is None for webhook_id in good)
-    assert "no answer within" in row(app, good[0])["last_error"]
+    # The post cut off at the round's deadline counts as no answer: the circuit opens.
+    assert "not answering (circuit open)" in row(app, good[0])["last_error"]
+    assert len(app.extensions["store"].open_breakers()) == 1
 
 
 def test_a_refused_batch_the_round_has_no_time_to_split_goes_back_untried(

@@ -8,6 +8,7 @@ messages go, so an operator can put a proxy or a compatible collector in front o
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from flask import Flask
 
 from drift_segment_source import config
 from drift_segment_source.app import make_delivery
+from drift_segment_source.destinations.segment import SegmentError
 from drift_segment_source.store.db import orgs
 
 from .app_mode import (
@@ -187,6 +189,54 @@ def test_each_org_is_delivered_to_the_host_configured_for_its_region(
     assert deliver(app) == 2
     assert events_by_write_key(segment) == {WRITE_KEY_A: [NEW_CONVERSATION]}
     assert events_by_write_key(eu_segment) == {WRITE_KEY_B: [NEW_CONVERSATION]}
+
+
+class HangingHost:
+    """A transport whose posts to one host hang until released; others are recorded."""
+
+    def __init__(self, hung_host: str) -> None:
+        self.hung_host = hung_host
+        self.release = threading.Event()
+        self.hanging = threading.Event()
+        self.posted_elsewhere = threading.Event()
+        self.posts: list[tuple[str, str]] = []
+
+    def post(self, write_key: str, host: str, batch: list[dict[str, Any]]) -> None:
+        self.posts.append((write_key, host))
+        if host == self.hung_host:
+            self.hanging.set()
+            self.release.wait(30)
+            raise SegmentError(None, "ReadTimeout")
+        self.posted_elsewhere.set()
+
+
+def test_a_host_that_hangs_holds_up_no_other_orgs_post(
+        app_mode: Callable[..., Flask], drift: FakeDrift, segment: FakeSegment,
+        eu_segment: FakeSegment) -> None:
+    """App mode: one org's Segment host not answering must not make every other org wait
+    for its timeout (three in a row before its circuit opens)."""
+    transport = HangingHost(eu_segment.url)
+    app = regional(app_mode, segment, eu_segment, TRANSPORT=transport)
+    install(app.test_client(), drift, ORG_B, WRITE_KEY_B, region="eu")
+    install(app.test_client(), drift, ORG_A, WRITE_KEY_A, region="us")
+    for org_id in (ORG_B, ORG_A):  # the hung org's row first
+        app.test_client().post("/webhooks/drift",
+                               json=webhook_file("new_conversation", "seed_example", org_id))
+    delivery = make_delivery(app)
+    round_thread = threading.Thread(target=delivery.run_round)
+    round_thread.start()
+    try:
+        assert transport.hanging.wait(10)
+        # Posted while the other host's post still hangs, not after it gives up.
+        assert transport.posted_elsewhere.wait(10), transport.posts
+        assert round_thread.is_alive()
+    finally:
+        transport.release.set()
+        round_thread.join(30)
+    assert (WRITE_KEY_A, segment.url) in transport.posts
+    with app.extensions["store"].engine.connect() as connection:
+        states = dict(connection.exec_driver_sql("SELECT org_id, state FROM webhooks").all())
+    assert states == {ORG_A: "delivered", ORG_B: "pending"}
 
 
 def test_an_orgs_region_follows_the_operators_setting_when_it_changes(

@@ -100,11 +100,14 @@ class Breakers:
                 breaker.orgs = set()
         self._on_change(key, None)
 
-    def failed(self, key: str, orgs: set[int]) -> bool:
-        """The destination did not answer (network, 429, 5xx); True when it is open now."""
+    def failed(self, key: str, orgs: set[int], hung: bool = False) -> bool:
+        """The destination did not answer (network, 429, 5xx); True when it is open now.
+        ``hung``: it gave no answer within the timeout. That opens the breaker at once:
+        every further try would hold its round (and other destinations' rows marked in it)
+        for the whole timeout, and a probe in PROBE_SECONDS costs one row."""
         with self._lock:
             breaker = self._breakers.setdefault(key, Breaker())
-            breaker.failures += 1
+            breaker.failures = max(breaker.failures + 1, FAILURES_TO_OPEN if hung else 0)
             breaker.orgs |= orgs
             if breaker.probe_at is not None:
                 breaker.probe_at = self._clock() + PROBE_SECONDS  # the probe failed

@@ -22,9 +22,9 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,6 +73,9 @@ POSTS_END_BY_SHARE_OF_LEASE = 0.8
 DEFER_SECONDS = 0.5
 # How often the loop copies SQLite's write-ahead log into the database (Store.checkpoint).
 CHECKPOINT_EVERY_SECONDS = 1.0
+# Segment destinations (app mode: each org's host and write key) posted at once in a round,
+# so one that does not answer holds up the others for none of its timeouts.
+DESTINATIONS_AT_ONCE = 4
 
 
 class NotTried(Exception):
@@ -142,6 +145,17 @@ class Outcomes:
             # A translator or the Segment library raised what nobody expected: the row is
             # kept as a dead letter with the reason, to replay after a fix (SPEC §5.8).
             self.dead.append(Failure(row.id, f"cannot translate: {error!r}"[:500]))
+
+    def merge(self, other: Outcomes) -> None:
+        """Add what ``other`` (one destination's posts, filed in their own thread) holds."""
+        for name in (each.name for each in fields(self)):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if isinstance(mine, list):
+                mine.extend(theirs)
+            else:  # by row (attempts) or by hold reason (lists of failures)
+                for key, value in theirs.items():
+                    mine[key] = mine[key] + value if isinstance(value, list) and key in mine \
+                        else value
 
 
 @dataclass
@@ -621,12 +635,27 @@ class Delivery:
         by_destination: dict[Destination, list[Prepared]] = defaultdict(list)
         for prepared in ready:
             by_destination[prepared.destination].append(prepared)
+        live: list[tuple[Destination, list[Prepared]]] = []
         for destination, prepared_rows in by_destination.items():
             if destination.dry_run:
                 self.log_dry_run(prepared_rows)
                 outcomes.dry_run.extend(prepared.row.id for prepared in prepared_rows)
             else:
-                self.send_to(destination, prepared_rows, outcomes, deadline)
+                live.append((destination, prepared_rows))
+        if len(live) == 1:
+            self.send_to(*live[0], outcomes, deadline)
+        elif live:
+            # A Segment host that hangs holds only its own rows (SPEC §5.8): each destination
+            # posts in a thread of its own and files its outcomes apart, merged here.
+            def posted(item: tuple[Destination, list[Prepared]]) -> Outcomes:
+                own = Outcomes()
+                self.send_to(*item, own, deadline)
+                return own
+
+            with ThreadPoolExecutor(min(DESTINATIONS_AT_ONCE, len(live)),
+                                    thread_name_prefix="segment-post") as pool:
+                for own in pool.map(posted, live):
+                    outcomes.merge(own)
 
     def add_links(self, ready: list[Prepared]) -> None:
         """Put each linking identify not sent yet in front of its row's messages, once per
@@ -669,15 +698,16 @@ class Delivery:
             if self.stopping.is_set() or time.monotonic() > deadline:
                 not_tried.update(row_of[i] for i in batch)
                 continue
-            answered = True
+            answered, hung = True, False
             for index, error in self.post_isolating(destination, messages, batch, deadline):
                 failed.setdefault(row_of[index], error)
                 if isinstance(error, SegmentError) and error.retryable:
                     outage, answered = error, False
+                    hung = hung or error.timed_out
             if answered:
                 self.breakers.succeeded(breaker)
             else:
-                self.breakers.failed(breaker, orgs)
+                self.breakers.failed(breaker, orgs, hung=hung)
         circuit_open = self.breakers.is_open(breaker)
         for position, prepared in enumerate(rows):
             refusal = failed.get(position)
@@ -725,7 +755,7 @@ class Delivery:
         except TookTooLong as error:
             metrics.SEGMENT_BATCHES.labels(status="network").inc()
             log.warning("segment did not answer in time", extra={"messages": len(batch)})
-            return [(index, SegmentError(None, str(error))) for index in batch]
+            return [(index, SegmentError(None, str(error), timed_out=True)) for index in batch]
         except SegmentError as error:
             metrics.SEGMENT_BATCHES.labels(status=str(error.status or "network")).inc()
             if error.status in (400, 413) and len(batch) > 1:

@@ -42,6 +42,7 @@ class SegmentError(Exception):
     status: int | None
     message: str
     retry_after: float | None = None
+    timed_out: bool = False  # no answer within the timeout: the host hangs, not refuses
 
     @property
     def retryable(self) -> bool:
@@ -140,7 +141,8 @@ class HttpTransport:
             raise SegmentError(None, "the host answered with a redirect; SEGMENT_HOST must be "
                                      "the API itself") from None
         except requests.RequestException as error:
-            raise SegmentError(None, type(error).__name__) from None
+            raise SegmentError(None, type(error).__name__,
+                               timed_out=isinstance(error, requests.Timeout)) from None
         except (ValueError, RecursionError) as error:
             # The library could not read Segment's answer (e.g. absurdly nested JSON):
             # no confirmation, so the batch is tried again later.
