@@ -15,7 +15,12 @@ import pytest
 from flask import Flask
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.delivery.breakers import FAILURES_TO_OPEN, PROBE_SECONDS
+from drift_segment_source.delivery.breakers import (
+    FAILURES_TO_OPEN,
+    HUNG_PROBE_MAX_SECONDS,
+    PROBE_SECONDS,
+    Breakers,
+)
 
 from .conftest import AppFactory, webhook
 from .fakes import FakeDriftApi, FakeSegment
@@ -205,6 +210,24 @@ def test_a_segment_that_hangs_opens_its_circuit_at_the_first_timeout(
     waiting = [row for row in rows(app) if row["last_error"] is not None]
     assert waiting and all(row["last_error"].startswith("waiting for Segment")
                            for row in waiting)
+
+
+def test_probes_a_host_does_not_answer_come_less_and_less_often() -> None:
+    """A hung probe holds its round for the whole timeout; refused ones cost nothing."""
+    clock = Clock()
+    breakers = Breakers(lambda key, opened_at: None, clock=clock)
+    assert breakers.failed("segment:x", {1}, hung=True)  # opens at the first timeout
+    waits = []
+    for _ in range(7):
+        waits.append(round(breakers.probe_in("segment:x")))
+        clock.advance(breakers.probe_in("segment:x"))
+        assert breakers.allows("segment:x", {1})
+        breakers.failed("segment:x", {1}, hung=True)
+    assert waits == [2, 4, 8, 16, 32, HUNG_PROBE_MAX_SECONDS, HUNG_PROBE_MAX_SECONDS]
+    clock.advance(breakers.probe_in("segment:x"))
+    assert breakers.allows("segment:x", {1})
+    breakers.failed("segment:x", {1})  # refused at once: back to the short wait
+    assert breakers.probe_in("segment:x") == PROBE_SECONDS
 
 
 def test_open_circuits_show_on_metrics_and_status(make_app: AppFactory, segment: FakeSegment,

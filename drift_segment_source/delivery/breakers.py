@@ -21,6 +21,10 @@ FAILURES_TO_OPEN = 3
 # How long an open breaker waits before letting one probe through (and again after each
 # failed probe): short, because a probe costs one batch and recovery should show at once.
 PROBE_SECONDS = 2.0
+# A probe a host does not answer holds its round for the whole timeout, and the rows of
+# every other destination claimed after it wait for the next round: each probe that hangs
+# again doubles the wait before the next, up to this.
+HUNG_PROBE_MAX_SECONDS = 60.0
 # The reasons rows are parked under, by kind of destination: the loop makes due the rows
 # whose last error starts with one, when that destination recovers.
 PARKED_REASONS = {"segment": "waiting for Segment", "drift": "waiting for the Drift API"}
@@ -43,6 +47,7 @@ class Breaker:
 
     failures: int = 0
     probe_at: float | None = None  # None: closed
+    hung_probes: int = 0  # probes in a row that got no answer within the timeout
     orgs: set[int] = field(default_factory=set)  # whose rows are parked behind it
 
 
@@ -88,7 +93,7 @@ class Breakers:
         """The destination answered: close its breaker, and remember its parked rows."""
         with self._lock:
             breaker = self._breakers.setdefault(key, Breaker())
-            breaker.failures = 0
+            breaker.failures = breaker.hung_probes = 0
             if breaker.probe_at is None:
                 if key in self._known:
                     return
@@ -109,8 +114,10 @@ class Breakers:
             breaker = self._breakers.setdefault(key, Breaker())
             breaker.failures = max(breaker.failures + 1, FAILURES_TO_OPEN if hung else 0)
             breaker.orgs |= orgs
-            if breaker.probe_at is not None:
-                breaker.probe_at = self._clock() + PROBE_SECONDS  # the probe failed
+            if breaker.probe_at is not None:  # the probe failed
+                breaker.hung_probes = breaker.hung_probes + 1 if hung else 0
+                breaker.probe_at = self._clock() + min(
+                    PROBE_SECONDS * 2 ** breaker.hung_probes, HUNG_PROBE_MAX_SECONDS)
                 return True
             if breaker.failures < FAILURES_TO_OPEN:
                 return False
