@@ -18,6 +18,7 @@ from drift_segment_source.app import make_delivery
 from drift_segment_source.delivery.breakers import (
     FAILURES_TO_OPEN,
     HUNG_PROBE_MAX_SECONDS,
+    PROBE_FLIGHT_LIMIT_SECONDS,
     PROBE_SECONDS,
     Breakers,
 )
@@ -228,6 +229,22 @@ def test_probes_a_host_does_not_answer_come_less_and_less_often() -> None:
     assert breakers.allows("segment:x", {1})
     breakers.failed("segment:x", {1})  # refused at once: back to the short wait
     assert breakers.probe_in("segment:x") == PROBE_SECONDS
+
+
+def test_one_probe_at_a_time_even_when_it_outlasts_the_probe_interval() -> None:
+    clock = Clock()
+    breakers = Breakers(lambda key, opened_at: None, clock=clock)
+    breakers.failed("segment:x", {1}, hung=True)
+    clock.advance(PROBE_SECONDS)
+    assert breakers.allows("segment:x", {1})  # the probe
+    clock.advance(PROBE_SECONDS * 5)
+    assert not breakers.allows("segment:x", {1}), "the probe is still in flight"
+    breakers.not_probed("segment:x")  # it was not made after all (the round ran out)
+    assert breakers.allows("segment:x", {1})
+    clock.advance(PROBE_FLIGHT_LIMIT_SECONDS)  # a probe that never reported stops counting
+    assert breakers.allows("segment:x", {1})
+    breakers.succeeded("segment:x")
+    assert breakers.allows("segment:x", {1}) and not breakers.is_open("segment:x")
 
 
 def test_open_circuits_show_on_metrics_and_status(make_app: AppFactory, segment: FakeSegment,

@@ -25,6 +25,9 @@ PROBE_SECONDS = 2.0
 # every other destination claimed after it wait for the next round: each probe that hangs
 # again doubles the wait before the next, up to this.
 HUNG_PROBE_MAX_SECONDS = 60.0
+# One probe at a time, even one that outlasts PROBE_SECONDS; a probe that never reported
+# (its row went back untried) stops counting as in flight after this.
+PROBE_FLIGHT_LIMIT_SECONDS = 120.0
 # The reasons rows are parked under, by kind of destination: the loop makes due the rows
 # whose last error starts with one, when that destination recovers.
 PARKED_REASONS = {"segment": "waiting for Segment", "drift": "waiting for the Drift API"}
@@ -48,6 +51,7 @@ class Breaker:
     failures: int = 0
     probe_at: float | None = None  # None: closed
     hung_probes: int = 0  # probes in a row that got no answer within the timeout
+    probing_since: float | None = None  # a probe in flight (it may outlast PROBE_SECONDS)
     orgs: set[int] = field(default_factory=set)  # whose rows are parked behind it
 
 
@@ -76,10 +80,22 @@ class Breakers:
             if breaker.probe_at is None:
                 return True
             breaker.orgs |= orgs
-            if self._clock() < breaker.probe_at:
+            now = self._clock()
+            in_flight = (breaker.probing_since is not None
+                         and now - breaker.probing_since < PROBE_FLIGHT_LIMIT_SECONDS)
+            if in_flight or now < breaker.probe_at:
                 return False
-            breaker.probe_at = self._clock() + PROBE_SECONDS
+            breaker.probe_at = now + PROBE_SECONDS
+            breaker.probing_since = now
             return True
+
+    def not_probed(self, key: str) -> None:
+        """The probe ``allows`` granted was not made (the round ran out of time)."""
+        with self._lock:
+            breaker = self._breakers.get(key)
+            if breaker is not None and breaker.probe_at is not None:
+                breaker.probing_since = None
+                breaker.probe_at = self._clock()
 
     def probe_in(self, key: str) -> float:
         """Seconds until the destination's next probe (0 when closed)."""
@@ -94,6 +110,7 @@ class Breakers:
         with self._lock:
             breaker = self._breakers.setdefault(key, Breaker())
             breaker.failures = breaker.hung_probes = 0
+            breaker.probing_since = None
             if breaker.probe_at is None:
                 if key in self._known:
                     return
@@ -114,6 +131,7 @@ class Breakers:
             breaker = self._breakers.setdefault(key, Breaker())
             breaker.failures = max(breaker.failures + 1, FAILURES_TO_OPEN if hung else 0)
             breaker.orgs |= orgs
+            breaker.probing_since = None
             if breaker.probe_at is not None:  # the probe failed
                 breaker.hung_probes = breaker.hung_probes + 1 if hung else 0
                 breaker.probe_at = self._clock() + min(

@@ -232,6 +232,9 @@ class Delivery:
         self._last_checkpoint = float("-inf")
         self._lease_renewed_at = float("-inf")
         self._lease_ends = float("inf")
+        # Posts to destinations whose circuit is open, made beside the round (see send).
+        self._beside: list[threading.Thread] = []
+        self._beside_lock = threading.Lock()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -565,6 +568,7 @@ class Delivery:
         probe = self.breakers.is_open(breaker)
         lookup = self.lookups.start(key, lambda: self.reporting(breaker, org_id, call, probe))
         if lookup is None:
+            self.breakers.not_probed(breaker)
             return BUSY
         known[key] = lookup
         return lookup
@@ -597,6 +601,7 @@ class Delivery:
                 self.breakers.succeeded(breaker)  # a 404 is an answer
             raise
         except Held:
+            self.breakers.not_probed(breaker)  # the org lacks something: no answer either way
             raise
         except Exception:
             self.breakers.failed(breaker, {org_id})
@@ -644,18 +649,56 @@ class Delivery:
                 live.append((destination, prepared_rows))
         if len(live) == 1:
             self.send_to(*live[0], outcomes, deadline)
-        elif live:
-            # A Segment host that hangs holds only its own rows (SPEC §5.8): each destination
-            # posts in a thread of its own and files its outcomes apart, merged here.
-            def posted(item: tuple[Destination, list[Prepared]]) -> Outcomes:
-                own = Outcomes()
-                self.send_to(*item, own, deadline)
-                return own
+            return
+        # A Segment host that hangs holds only its own rows (SPEC §5.8): each destination
+        # posts in a thread of its own and files its outcomes apart, merged here. One whose
+        # circuit is open (its probe may hang for the whole timeout) is not waited for: its
+        # rows stay leased to this loop and its thread records them when it is done.
+        waited: list[tuple[Destination, list[Prepared]]] = []
+        for item in live:
+            if self.breakers.is_open(segment_key(item[0].host, item[0].write_key or "")):
+                self.send_beside(item, outcomes.attempts, deadline)
+            else:
+                waited.append(item)
 
-            with ThreadPoolExecutor(min(DESTINATIONS_AT_ONCE, len(live)),
+        def posted(item: tuple[Destination, list[Prepared]]) -> Outcomes:
+            own = Outcomes()
+            self.send_to(*item, own, deadline)
+            return own
+
+        if waited:
+            with ThreadPoolExecutor(min(DESTINATIONS_AT_ONCE, len(waited)),
                                     thread_name_prefix="segment-post") as pool:
-                for own in pool.map(posted, live):
+                for own in pool.map(posted, waited):
                     outcomes.merge(own)
+
+    def send_beside(self, item: tuple[Destination, list[Prepared]], attempts: dict[int, int],
+                    deadline: float) -> None:
+        """Post one destination's rows (and record them) in a thread the round does not
+        wait for."""
+        own = Outcomes(attempts={prepared.row.id: attempts.get(prepared.row.id, 0)
+                                 for prepared in item[1]})
+
+        def post_and_record() -> None:
+            try:
+                self.send_to(*item, own, deadline)
+                self.record(own)
+            except Exception:  # the rows stay leased and are claimed again after the lease
+                log.exception("posting beside the round failed")
+
+        thread = threading.Thread(target=post_and_record, name="segment-probe", daemon=True)
+        with self._beside_lock:
+            self._beside = [running for running in self._beside if running.is_alive()]
+            self._beside.append(thread)
+        thread.start()
+
+    def wait_beside(self, timeout: float) -> None:
+        """Wait for posts made beside the round (tests; a stopping loop)."""
+        until = time.monotonic() + timeout
+        with self._beside_lock:
+            running = list(self._beside)
+        for thread in running:
+            thread.join(max(0.0, until - time.monotonic()))
 
     def add_links(self, ready: list[Prepared]) -> None:
         """Put each linking identify not sent yet in front of its row's messages, once per
@@ -697,6 +740,7 @@ class Delivery:
                 continue
             if self.stopping.is_set() or time.monotonic() > deadline:
                 not_tried.update(row_of[i] for i in batch)
+                self.breakers.not_probed(breaker)
                 continue
             answered, hung = True, False
             for index, error in self.post_isolating(destination, messages, batch, deadline):
