@@ -234,9 +234,7 @@ class DriftApi:
             break
         if method != "GET" and response.ok and not response.content.strip():
             return None  # a write Drift confirmed without a body
-        if response.status_code == 401 and not credentials.refresh:
-            raise TokenRejected(401, "access token rejected", retryable=True, renewable=False)
-        return self._answer(response)
+        return self._answer(response, renewable=credentials.refresh is not None)
 
     def _request(self, path: str, endpoint: str, token: str, method: str = "GET",
                  body: dict[str, Any] | None = None) -> requests.Response:
@@ -255,10 +253,11 @@ class DriftApi:
         return response
 
     @staticmethod
-    def _answer(response: requests.Response) -> Any:
+    def _answer(response: requests.Response, renewable: bool) -> Any:
         status = response.status_code
         if status == 401:
-            raise TokenRejected(401, "access token rejected", retryable=True)
+            raise TokenRejected(401, "access token rejected", retryable=True,
+                                renewable=renewable)
         if status == 429 or status >= 500:
             raise DriftApiError(status, response.reason or "", retryable=True,
                                 retry_after=seconds(response.headers.get("Retry-After", "")))

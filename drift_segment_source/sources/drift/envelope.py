@@ -86,12 +86,11 @@ class WalksNeeded:
                    surrogates=SURROGATE_ESCAPE.search(body) is not None)
 
 
-def check_carriable(body: bytes | WalksNeeded, document: Any) -> None:
+def check_carriable(needed: WalksNeeded, document: Any) -> None:
     """Rejected(400) for JSON the store or Segment cannot carry: nesting deeper than
     MAX_DEPTH, a lone UTF-16 surrogate. Run after the token check: only Drift's bodies are
-    walked, and only when a cheap look at the bytes says they may need it (a batch of many
-    documents passes that look once, as ``WalksNeeded``, not once per document)."""
-    needed = body if isinstance(body, WalksNeeded) else WalksNeeded.of(body)
+    walked, and only when a cheap look at the bytes (``WalksNeeded.of(body)``, once per body
+    however many documents a batch holds) says they may need it."""
     if needed.depth:
         path = too_deep(document)
         if path is not None:

@@ -19,7 +19,14 @@ from drift_segment_source.routing import current_routing
 from drift_segment_source.store.intake import take_in
 from drift_segment_source.store.store import Store
 
-from .envelope import Envelope, Rejected, check_carriable, parse_json, read_envelope
+from .envelope import (
+    Envelope,
+    Rejected,
+    WalksNeeded,
+    check_carriable,
+    parse_json,
+    read_envelope,
+)
 from .translators import TRANSLATORS
 from .verification import token_is_valid
 
@@ -38,7 +45,7 @@ def receive() -> tuple[Response, int]:
         body = read_body()
         document = parse_json(body)
         check_token(document)
-        check_carriable(body, document)
+        check_carriable(WalksNeeded.of(body), document)
         envelope = read_envelope(document)
         event_type = envelope.event_type
         status, answer, outcome = store_webhook(envelope)

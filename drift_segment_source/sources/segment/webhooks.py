@@ -111,14 +111,13 @@ def answer(org_id: int, secrets: Sequence[str]) -> tuple[Response, int]:
         count(None, str(rejection.body["error"]))
     else:
         received_at = round(store.clock(), 3)
+        walks = WalksNeeded.of(body)
         try:
             # Each message's outcome is counted where it is decided.
             if isinstance(document, list):
-                status, reply = 200, take_batch(WalksNeeded.of(body), document, org_id,
-                                                store, received_at)
+                status, reply = 200, take_batch(walks, document, org_id, store, received_at)
             else:
-                taken = take_message(WalksNeeded.of(body), document, org_id, store,
-                                     received_at)
+                taken = take_message(walks, document, org_id, store, received_at)
                 status, reply = 200, taken.answer()
         except Rejected as rejection:
             status, reply = rejection.status, rejection.body
