@@ -76,6 +76,11 @@ class Lookups:
                     self._futures.pop(key, None)
                 self._on_done()
 
+    def pending(self, key: tuple[Any, ...]) -> bool:
+        """Whether a lookup of ``key`` is queued or in flight (``start`` would share it)."""
+        with self._lock:
+            return key in self._futures
+
     def running(self) -> int:
         """How many lookups are queued or in flight (tests, metrics)."""
         with self._lock:

@@ -238,7 +238,6 @@ class Delivery:
         self._last_prune = 0.0
         self._last_checkpoint = float("-inf")
         self._lease_renewed_at = float("-inf")
-        self._lease_ends = float("inf")
         # Posts to destinations whose circuit is open, made beside the round (see send).
         self._beside: list[threading.Thread] = []
         self._beside_lock = threading.Lock()
@@ -311,7 +310,6 @@ class Delivery:
         lease = float(self.settings["DELIVERY_LEASE_SECONDS"])
         started = time.monotonic()
         deadline = started + lease * ROUND_SHARE_OF_LEASE
-        self._lease_ends = started + lease * POSTS_END_BY_SHARE_OF_LEASE
         rows = self.store.claim(self.owner, int(self.settings["DELIVERY_BATCH_SIZE"]), lease)
         if not rows:
             return 0
@@ -574,9 +572,13 @@ class Delivery:
                          self.breakers.probe_in(breaker))
         # Allowed while open: this lookup is the probe, and runs even though it is open.
         probe = self.breakers.is_open(breaker)
+        shared = self.lookups.pending(key)
         lookup = self.lookups.start(key, lambda: self.reporting(breaker, org_id, call, probe))
-        if lookup is None:
+        if probe and (lookup is None or shared):
+            # Not made by this call (queue full, or the row shares a lookup queued before
+            # the circuit opened, which will not be made): the next row may probe at once.
             self.breakers.not_probed(breaker)
+        if lookup is None:
             return BUSY
         known[key] = lookup
         return lookup
@@ -802,7 +804,7 @@ class Delivery:
         assert destination.write_key is not None
         write_key = destination.write_key
         try:
-            call_within(self._lease_ends - time.monotonic(), lambda: self.transport.post(
+            call_within(self.posts_end(deadline) - time.monotonic(), lambda: self.transport.post(
                 write_key, destination.host, [messages[i] for i in batch]))
         except TookTooLong as error:
             metrics.SEGMENT_BATCHES.labels(status="network").inc()
@@ -826,6 +828,13 @@ class Delivery:
         metrics.SEGMENT_BATCHES.labels(status="2xx").inc()
         metrics.SEGMENT_MESSAGES.inc(len(batch))
         return []
+
+    def posts_end(self, deadline: float) -> float:
+        """When the posts of the round with this ``deadline`` must end: worked out from the
+        round's own deadline, because a post made beside the round (see send) outlives it
+        and later rounds, and must still end inside its own rows' lease."""
+        lease = float(self.settings["DELIVERY_LEASE_SECONDS"])
+        return deadline + lease * (POSTS_END_BY_SHARE_OF_LEASE - ROUND_SHARE_OF_LEASE)
 
     def split(self, destination: Destination, messages: list[dict[str, Any]], batch: list[int],
               deadline: float, error: Exception) -> list[tuple[int, Exception]]:
