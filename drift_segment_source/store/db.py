@@ -59,7 +59,15 @@ webhooks = Table(
     Column("hold_reason", String(32)),
     Column("last_error", Text),
     Column("finished_at", Float),
+    # Why a pending row is not delivered yet (WAIT_REASONS), and for a parked row the
+    # destination (circuit key) it waits for. last_error is for people only.
+    Column("wait_reason", String(16)),
+    Column("waiting_on", String(100)),
 )
+# The fixed vocabulary of ``wait_reason``: a failed attempt waits out its backoff; a row
+# whose destination's circuit is open is parked until the probe succeeds; a row whose Drift
+# API lookup still runs waits for it; a row the round had no time for is deferred a moment.
+WAIT_REASONS = ("backoff", "parked", "lookup", "deferred")
 # "state = 'pending'" with the literal inlined, never as a bound parameter: SQLite (and a
 # PostgreSQL generic plan) can only use the partial index below when the query's condition
 # visibly matches the index's. With a parameter, every claim scanned the whole table.
@@ -128,6 +136,28 @@ leases = Table(
     Column("name", String(64), primary_key=True),
     Column("owner", String(64), nullable=False),
     Column("expires_at", Float, nullable=False),
+)
+
+# App mode: the grant that opens an org's setup page. The browser's cookie holds only a random
+# token; its SHA-256 is kept here, so a grant is used once, revoked on re-install and expires.
+setup_grants = Table(
+    "setup_grants",
+    metadata,
+    Column("digest", LargeBinary(32), primary_key=True),
+    Column("org_id", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+Index("setup_grants_org", setup_grants.c.org_id)
+
+# Webhooks refused for a wrong or missing verification token, per minute (epoch minute) and
+# reason: the health surfaces show the last hour's count from here.
+refused_webhooks = Table(
+    "refused_webhooks",
+    metadata,
+    Column("minute", BigInteger, primary_key=True),
+    Column("reason", String(32), primary_key=True),
+    Column("count", BigInteger, nullable=False),
 )
 
 # Drift organisations installed through the app (app mode); secrets are encrypted.
