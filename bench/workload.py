@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from drift_segment_source.sources.drift.envelope import parse_json, read_envelope
+from drift_segment_source.sources.door import parse_json
+from drift_segment_source.sources.drift.envelope import read_envelope
 from drift_segment_source.sources.drift.translators import (
     TRANSLATORS,
     dedupe_key,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
 
-def create_app(config: dict[str, Any] | None = None) -> Flask:
+def create_app(config: dict[str, Any] | None = None, **components: Any) -> Flask:
     """The WSGI app (see ``app.create_app``).
 
     Imported on call so that ``import drift_segment_source`` stays light: the gunicorn config
@@ -27,7 +27,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """
     from .app import create_app as factory
 
-    return factory(config)
+    return factory(config, **components)
 
 
 __all__ = ["__version__", "create_app"]

@@ -15,9 +15,11 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config, logs
 from .app_mode.orgs import AppRouting
+from .clock import SYSTEM_CLOCK, Clock
 from .delivery.loop import Delivery
+from .delivery.settings import DeliverySettings, RetentionSettings
 from .delivery.stitching import Stitching
-from .destinations.segment import make_transport
+from .destinations.segment import Transport, make_transport
 from .drift_api import DriftApi
 from .routing import NO_DRIFT_TOKEN, SelfHostedRouting
 from .store.db import default_database_url, make_engine
@@ -30,8 +32,10 @@ log = logging.getLogger("drift_segment_source.app")
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
-    """Build the WSGI app; ``config_overrides`` replace environment settings (tests)."""
+def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock = SYSTEM_CLOCK,
+               segment_transport: Transport | None = None) -> Flask:
+    """Build the WSGI app; ``config_overrides`` replace environment settings, ``clock`` and
+    ``segment_transport`` replace the host's clock and the HTTP transport (tests, drills)."""
     app = Flask(__name__, instance_relative_config=True)
     settings = config.load_settings(overrides=config_overrides)
     app.config.update(settings)
@@ -52,11 +56,12 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
 
     database_url = settings.get("DATABASE_URL") or default_database_url(app.instance_path)
     app.config["DATABASE_URL"] = database_url
-    clock = settings.get("CLOCK")
     engine = make_engine(database_url,
                          connect_timeout=settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],
                          statement_timeout=settings["DATABASE_STATEMENT_TIMEOUT_SECONDS"])
-    store = Store(engine, **({"clock": clock} if clock else {}))
+    store = Store(engine, clock)
+    app.extensions["clock"] = clock
+    app.extensions["segment_transport"] = segment_transport
     app.extensions["store"] = make_store(store, settings["STORE_FAULT"])
     if config.app_mode(settings):
         app.extensions["routing"] = AppRouting.from_settings(settings, store)
@@ -120,15 +125,17 @@ def make_delivery(app: Flask) -> Delivery:
     """A delivery loop for this app's store and routing (made after fork, per process)."""
     settings: dict[str, Any] = dict(app.config)
     store: Store = app.extensions["store"]
-    clock = settings.get("CLOCK")
     delivery = Delivery(
-        settings=settings,
+        DeliverySettings.from_settings(settings),
+        RetentionSettings.from_settings(settings),
         store=store,
         routing=app.extensions["routing"],
-        transport=settings.get("TRANSPORT") or make_transport(settings["SEGMENT_TRANSPORT"],
-                                                              settings["SEGMENT_TIMEOUT_SECONDS"]),
+        transport=app.extensions["segment_transport"] or make_transport(
+            settings["SEGMENT_TRANSPORT"], settings["SEGMENT_TIMEOUT_SECONDS"]),
         drift_api=DriftApi(settings["DRIFT_API_URL"], settings["DRIFT_TIMEOUT_SECONDS"]),
-        **({"clock": clock} if clock else {}),
+        stitching=Stitching.from_settings(settings),
+        clock=app.extensions["clock"],
+        wakeup=app.extensions["delivery_wakeup"],
     )
     if settings.get("DRIFT_ACCESS_TOKEN"):
         # Rows held for want of a Drift token can go now that there is one.

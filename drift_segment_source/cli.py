@@ -169,7 +169,8 @@ def translate(files: tuple[str, ...], received_at: datetime | None) -> None:
     from .destinations.segment import MessageBuilder
     from .drift_api import DriftApi
     from .routing import SelfHostedRouting
-    from .sources.drift.envelope import Rejected, parse_json, read_envelope
+    from .sources.door import Rejected, parse_json
+    from .sources.drift.envelope import read_envelope
     from .sources.drift.translators import TRANSLATORS
     from .sources.drift.translators import translate as to_calls
 
@@ -449,7 +450,7 @@ def quarantine_list(limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 def quarantine_retry(ids: tuple[int, ...], as_json: bool) -> None:
     """Validate quarantined payloads again; those that pass now are queued for delivery."""
-    from .store.quarantine import retry_quarantined
+    from .sources.drift.quarantine import retry_quarantined
 
     outcome = retry_quarantined(load_app(), list(ids) or None)
     if as_json:

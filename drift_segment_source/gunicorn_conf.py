@@ -217,14 +217,7 @@ def post_worker_init(worker: Any) -> None:
 
     app = worker.wsgi
     delivery = make_delivery(app)
-    thread = threading.Thread(
-        target=delivery.run_forever,
-        args=(app.extensions["delivery_wakeup"],),
-        name="delivery",
-        daemon=True,
-    )
-    thread.start()
-    _delivery.update(loop=delivery, thread=thread)
+    _delivery.update(loop=delivery, thread=delivery.start())
 
 
 def worker_exit(server: Any, worker: Any) -> None:

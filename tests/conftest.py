@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -72,6 +73,22 @@ def postgres_url(postgres_server: str | None) -> Iterator[str]:
 AppFactory = Callable[..., Flask]
 
 
+class ReadClock:
+    """A Clock whose wall and monotonic time both come from one function the test moves."""
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        self.read = read
+
+    def wall(self) -> float:
+        return self.read()
+
+    def monotonic(self) -> float:
+        return self.read()
+
+    def wait(self, event: Any, seconds: float) -> bool:
+        return bool(event.wait(seconds))
+
+
 @pytest.fixture
 def make_app(database_url: str) -> Iterator[AppFactory]:
     """Build apps on this test's database; settings default to a full self-hosted setup."""
@@ -92,7 +109,13 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
             "DELIVERY_LOOKUP_WAIT_SECONDS": 30,
         }
         settings.update(overrides)
-        app = create_app(settings)
+        components: dict[str, Any] = {}
+        if settings.get("CLOCK") is not None:
+            read = settings.pop("CLOCK")
+            components["clock"] = read if hasattr(read, "wall") else ReadClock(read)
+        if settings.get("TRANSPORT") is not None:
+            components["segment_transport"] = settings.pop("TRANSPORT")
+        app = create_app(settings, **components)
         app.extensions["store"].migrate()
         apps.append(app)
         return app
@@ -113,6 +136,13 @@ def segment() -> Iterator[FakeSegment]:
 def fixed_clock() -> Callable[[], float]:
     """A clock stopped at the fixtures' receipt time."""
     return lambda: FIXED_RECEIPT
+
+
+def seen_now(app: Flask) -> None:
+    """The store sees an event at the test clock's present (a linking identify's key, the
+    lightest kind): retention counts from the newest event the store has seen."""
+    store = app.extensions["store"]
+    store.record("nobody", remember=[hashlib.sha256(str(store.now()).encode()).digest()[:16]])
 
 
 def webhook(event_type: str, data: dict[str, Any], org_id: int = 5000883,

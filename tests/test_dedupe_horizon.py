@@ -14,11 +14,11 @@ from flask import Flask
 from sqlalchemy import text
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.delivery.loop import PRUNE_EVERY_SECONDS
+from drift_segment_source.delivery.housekeeping import PRUNE_EVERY_SECONDS
 from drift_segment_source.sources.drift.backfill import BeyondHorizon, check_window, store_webhooks
-from drift_segment_source.store.store import HORIZON_CACHE_SECONDS
+from drift_segment_source.store.retention import HORIZON_CACHE_SECONDS
 
-from .conftest import FIXTURES, AppFactory, webhook
+from .conftest import FIXTURES, AppFactory, seen_now, webhook
 from .fakes import FakeSegment
 
 DAY = 86_400
@@ -66,8 +66,11 @@ def webhook_rows(app: Flask) -> int:
 
 
 def prune(app: Flask) -> None:
-    delivery = make_delivery(app)
-    delivery.prune_now_and_then()
+    """Run retention now. Retention counts from the newest event the store has seen, so
+    another event is seen first, at the test clock's present."""
+    seen_now(app)
+    make_delivery(app).housekeeping.prune()
+
 
 
 def test_a_redelivery_after_the_webhook_row_is_pruned_is_still_a_duplicate(
@@ -99,7 +102,8 @@ def test_events_older_than_the_keys_kept_are_refused_not_sent_twice(
     clock.advance(PRUNE_EVERY_SECONDS)
     prune(app)
     with app.extensions["store"].engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT count(*) FROM dedupe_keys").scalar_one() == 0
+        assert connection.exec_driver_sql("SELECT count(*) FROM dedupe_keys").scalar_one() == 2,\
+            "only the keys seen at the two prunes' present are left"
     assert answer(app, body)["error"] == "beyond_dedupe_horizon"
     # An event that happened now is accepted as ever.
     fresh = webhook("new_conversation", {"id": 1, "contactId": 2,

@@ -13,16 +13,19 @@ from flask import Flask
 
 from drift_segment_source.app import make_delivery
 from drift_segment_source.delivery.loop import Delivery
+from drift_segment_source.delivery.outcomes import RetryPolicy
 from drift_segment_source.sources.drift.translators import message_id
 
-from .conftest import DRIFT_API_URL, FIXTURES, WRITE_KEY, AppFactory, webhook
+from .conftest import DRIFT_API_URL, FIXTURES, WRITE_KEY, AppFactory, seen_now, webhook
 from .fakes import FakeSegment
 
 
 class Clock:
     """A clock the test moves by hand."""
 
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
+    # In the past of the host's clock: the store's cut-offs never run ahead of the
+    # database's own clock, which is the host's.
+    def __init__(self, now: float = 1_750_000_000.0) -> None:
         self.now = now
 
     def __call__(self) -> float:
@@ -139,17 +142,13 @@ def test_retry_after_is_honoured(make_app: AppFactory, segment: FakeSegment,
     assert "429" in row(app, webhook_id)["last_error"]
 
 
-def test_backoff_grows_with_attempts_and_has_a_ceiling(make_app: AppFactory,
-                                                       segment: FakeSegment) -> None:
-    clock = Clock()
-    app = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, DELIVERY_BACKOFF_SECONDS=10,
-                   DELIVERY_BACKOFF_MAX_SECONDS=60, DELIVERY_MAX_ATTEMPTS=100)
-    delivery = make_delivery(app)
+def test_backoff_grows_with_attempts_and_has_a_ceiling() -> None:
+    policy = RetryPolicy(base_seconds=10, ceiling_seconds=60, max_attempts=100)
     # A row's own failures (the destination's circuit stays closed: see test_breakers.py).
-    delays = [delivery.backoff(attempts, None) for attempts in range(1, 9)]
+    delays = [policy.delay(attempts, None) for attempts in range(1, 9)]
     assert all(0 < delay <= 60 for delay in delays)
     assert max(delays[4:]) > max(delays[:1])
-    assert delivery.backoff(1, 30) == 30 and delivery.backoff(1, 10**9) == 60
+    assert policy.delay(1, 30) == 30 and policy.delay(1, 10**9) == 60
 
 
 def test_refused_message_is_isolated_and_only_it_is_dead_lettered(
@@ -359,7 +358,7 @@ def test_a_token_drift_rejects_holds_its_rows_with_the_reason_not_as_an_outage(
     for _ in range(20):  # the lookup ends beside the round; the row is prepared again
         if row(app, held)["state"] != "pending":
             break
-        delivery.wakeup.wait(0.1)
+        delivery.lookup_ended.wait(0.1)
         delivery.run_round()
     assert row(app, held)["state"] == "held"
     assert row(app, held)["hold_reason"] == "no_drift_token"
@@ -424,8 +423,9 @@ def test_delivered_rows_are_pruned_after_the_retention_period(app: Flask, clock:
     store = app.extensions["store"]
     assert store.prune(clock.now - 1) == 0
     clock.advance(8 * 86400)
+    seen_now(app)
     delivery: Delivery = make_delivery(app)
-    delivery.prune_now_and_then()
+    delivery.housekeeping.prune()
     assert states(app) == {}
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from drift_segment_source.sources.drift.envelope import MAX_DEPTH
+from drift_segment_source.sources.door import MAX_DEPTH
 
 from .conftest import TOKEN, AppFactory
 

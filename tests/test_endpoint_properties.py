@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.sources.drift.envelope import MAX_DEPTH
+from drift_segment_source.sources.door import MAX_DEPTH
 
 from .conftest import TOKEN, AppFactory, webhook
 from .fakes import FakeSegment

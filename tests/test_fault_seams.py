@@ -130,7 +130,7 @@ def test_a_hanging_drift_api_delays_only_the_rows_that_need_it(
     assert waiting["state"] == "pending" and waiting["lease_owner"] is None
     assert waiting["attempts"] == 0, "waiting for a lookup spends no attempt"
     # When the lookup ends the row is due at once, not after a backoff.
-    assert delivery.wakeup.wait(10)
+    assert delivery.lookup_ended.wait(10)
     delivery.run_round()
     assert row(app, slow)["state"] == "delivered"
     assert drift.calls.count(f"/conversations/{CONVERSATION}") == 1
@@ -146,7 +146,7 @@ def test_a_lookup_slower_than_its_timeout_is_retried_and_others_go_on(
     delivery = make_delivery(app)
     delivery.run_round()
     assert delivered_ids(app, good) == set(good)
-    assert delivery.wakeup.wait(10)
+    assert delivery.lookup_ended.wait(10)
     delivery.run_round()
     assert row(app, slow)["state"] == "pending"
     assert "network error" in row(app, slow)["last_error"]
@@ -163,7 +163,7 @@ def test_a_garbage_drift_answer_retries_only_that_row(
     delivery = make_delivery(app)
     delivery.run_round()
     if row(app, bad)["attempts"] == 0:  # the lookup outlived the round's short wait
-        assert delivery.wakeup.wait(10)
+        assert delivery.lookup_ended.wait(10)
         delivery.run_round()
     assert delivered_ids(app, good) == set(good)
     failed = row(app, bad)
@@ -332,7 +332,7 @@ def test_garbled_retry_after_and_refresh_answers_are_retried(
         30.0, 2.5, None, None, None, None]
     delivery = make_delivery(app)
     # A lookup that raises what no Drift client should (a refresh that hit RecursionError).
-    monkeypatch.setattr(delivery.drift_api, "conversation",
+    monkeypatch.setattr(delivery.lookups.drift_api, "conversation",
                         lambda *args: (_ for _ in ()).throw(RecursionError("deep")))
     bad = post(app, participant())
     good = post_good(app, 5)

@@ -11,7 +11,7 @@ from flask import Flask
 
 from drift_segment_source.app import make_delivery
 
-from .conftest import TOKEN, AppFactory, webhook
+from .conftest import TOKEN, AppFactory, seen_now, webhook
 from .fakes import FakeSegment
 
 HOUR = 3600
@@ -21,7 +21,9 @@ DAY = 86_400
 class Clock:
     """A clock the test moves by hand."""
 
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
+    # In the past of the host's clock: the store's cut-offs never run ahead of the
+    # database's own clock, which is the host's.
+    def __init__(self, now: float = 1_750_000_000.0) -> None:
         self.now = now
 
     def __call__(self) -> float:
@@ -67,7 +69,8 @@ def test_held_rows_become_dead_letters_with_the_reason_after_their_maximum_age(
     before = counter(app, "held_expired")
     clock.advance(169 * HOUR)  # past HELD_MAX_AGE_HOURS (168)
     logged(capfd)
-    delivery.prune_now_and_then()
+    seen_now(app)
+    delivery.housekeeping.prune()
     assert any(line["message"] == "held rows became dead letters" and line["count"] == 1
                for line in logged(capfd))
     [letter] = app.extensions["store"].dead_letters()
@@ -90,12 +93,14 @@ def test_dead_letters_and_quarantine_are_deleted_after_their_retention_counted_f
     store = app.extensions["store"]
     assert len(store.dead_letters()) == 1 and len(store.quarantined()) == 1
     clock.advance(29 * DAY)
-    delivery.prune_now_and_then()
+    seen_now(app)
+    delivery.housekeeping.prune()
     assert len(store.dead_letters()) == 1 and len(store.quarantined()) == 1
     dead_before, quarantined_before = counter(app, "dead_letter"), counter(app, "quarantined")
     clock.advance(2 * DAY)  # past DEAD_LETTER_RETENTION_DAYS and QUARANTINE_RETENTION_DAYS
     logged(capfd)
-    delivery.prune_now_and_then()
+    seen_now(app)
+    delivery.housekeeping.prune()
     said = [line for line in logged(capfd) if "past their retention" in line["message"]]
     assert {(line["what"], line["count"]) for line in said} == {("dead", 1), ("quarantine", 1)}
     assert store.dead_letters() == [] and store.quarantined() == []

@@ -108,7 +108,7 @@ def test_delivery_writes_with_the_orgs_token_and_refreshes_it_on_a_401(
         drift.revoke_access(ORG_A)
         delivery = make_delivery(app)
         # The contacts API answers at its own address; OAuth stays at the fake Drift.
-        delivery.drift_api.base_url = contacts.url
+        delivery.lookups.drift_api.base_url = contacts.url
         delivery.run_round()
         assert app.extensions["store"].counts() == {("segment:track", "delivered"): 1}
         assert [call["status"] for call in contacts.calls] == [401, 200]

@@ -209,7 +209,7 @@ def test_a_slow_write_finishes_beside_the_round_and_is_made_once(
         # Waiting for the write spends no attempt.
         assert connection.execute(text("SELECT attempts FROM webhooks")).scalar() == 0
     deadline = time.monotonic() + 10
-    while delivery.lookups.running() and time.monotonic() < deadline:
+    while delivery.lookups.pool.running() and time.monotonic() < deadline:
         time.sleep(0.05)
     delivery.run_round()
     assert states(app) == {"delivered": 1}

@@ -341,7 +341,7 @@ class AppRouting:
     @classmethod
     def from_settings(cls, settings: dict[str, Any], store: Store) -> AppRouting:
         """App-mode routing over ``store``'s database, with the app's OAuth credentials."""
-        clock = settings.get("CLOCK") or time.time
+        clock = store.clock.wall
         directory = OrgDirectory(store.engine, SecretBox(settings["SECRET_KEY"]), store, clock,
                                  configured_hosts(settings))
         oauth = DriftOAuth(settings["DRIFT_API_URL"], settings["DRIFT_CLIENT_ID"],

@@ -1,21 +1,24 @@
-"""Circuit breakers, one per destination (SPEC §5.9): outages cost no attempts, end fast.
+"""Circuit breakers, one per destination: outages cost no attempts, and end fast.
 
 A destination is a Segment host and write key, or the Drift API of one org. After
 FAILURES_TO_OPEN retryable failures in a row it opens: its rows are not attempted (they go
 back to the store, parked, with no attempt spent) until a probe is due. One probe at a time
 (per delivery loop) tests recovery; when it succeeds the breaker closes and the loop makes
 every row parked for that destination due at once, instead of each waiting for its own
-backoff. Open breakers are written to the store, so ``/readyz``, ``/status`` and
-``/metrics`` of every process show them.
+backoff. Open breakers are written to the store (with the wall-clock time they opened), so
+``/readyz``, ``/status`` and ``/metrics`` of every process show them. Probes and their
+intervals run on the monotonic clock: a step of the host clock neither hastens nor delays
+them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from drift_segment_source.clock import SYSTEM_CLOCK, Clock
 
 FAILURES_TO_OPEN = 3
 # How long an open breaker waits before letting one probe through (and again after each
@@ -28,9 +31,6 @@ HUNG_PROBE_MAX_SECONDS = 60.0
 # One probe at a time, even one that outlasts PROBE_SECONDS; a probe that never reported
 # (its row went back untried) stops counting as in flight after this.
 PROBE_FLIGHT_LIMIT_SECONDS = 120.0
-# The reasons rows are parked under, by kind of destination: the loop makes due the rows
-# whose last error starts with one, when that destination recovers.
-PARKED_REASONS = {"segment": "waiting for Segment", "drift": "waiting for the Drift API"}
 
 
 def segment_key(host: str, write_key: str) -> str:
@@ -49,7 +49,7 @@ class Breaker:
     """One destination's state: consecutive failures, and when a probe is next allowed."""
 
     failures: int = 0
-    probe_at: float | None = None  # None: closed
+    probe_at: float | None = None  # None: closed (monotonic seconds)
     hung_probes: int = 0  # probes in a row that got no answer within the timeout
     probing_since: float | None = None  # a probe in flight (it may outlast PROBE_SECONDS)
     orgs: set[int] = field(default_factory=set)  # whose rows are parked behind it
@@ -58,11 +58,12 @@ class Breaker:
 class Breakers:
     """This delivery loop's breakers. Thread-safe: Drift lookups report from their threads.
 
-    ``on_change(key, opened_at)`` records a breaker opening (a time) or closing (None).
+    ``on_change(key, opened_at)`` records a breaker opening (a wall-clock time, to show) or
+    closing (None).
     """
 
     def __init__(self, on_change: Callable[[str, float | None], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._breakers: dict[str, Breaker] = {}
         # Destinations whose stored record this loop has cleared or written itself: another
         # loop (before a restart, or another worker) may have left one open in the store.
@@ -80,7 +81,7 @@ class Breakers:
             if breaker.probe_at is None:
                 return True
             breaker.orgs |= orgs
-            now = self._clock()
+            now = self._clock.monotonic()
             in_flight = (breaker.probing_since is not None
                          and now - breaker.probing_since < PROBE_FLIGHT_LIMIT_SECONDS)
             if in_flight or now < breaker.probe_at:
@@ -89,13 +90,24 @@ class Breakers:
             breaker.probing_since = now
             return True
 
+    def probe_due(self, key: str) -> bool:
+        """Whether ``allows`` would let a probe through now (without granting it)."""
+        with self._lock:
+            breaker = self._breakers.get(key)
+            if breaker is None or breaker.probe_at is None:
+                return True
+            now = self._clock.monotonic()
+            in_flight = (breaker.probing_since is not None
+                         and now - breaker.probing_since < PROBE_FLIGHT_LIMIT_SECONDS)
+            return not in_flight and now >= breaker.probe_at
+
     def not_probed(self, key: str) -> None:
         """The probe ``allows`` granted was not made (the round ran out of time)."""
         with self._lock:
             breaker = self._breakers.get(key)
             if breaker is not None and breaker.probe_at is not None:
                 breaker.probing_since = None
-                breaker.probe_at = self._clock()
+                breaker.probe_at = self._clock.monotonic()
 
     def probe_in(self, key: str) -> float:
         """Seconds until the destination's next probe (0 when closed)."""
@@ -103,7 +115,7 @@ class Breakers:
             breaker = self._breakers.get(key)
             if breaker is None or breaker.probe_at is None:
                 return 0.0
-            return max(0.0, breaker.probe_at - self._clock())
+            return max(0.0, breaker.probe_at - self._clock.monotonic())
 
     def succeeded(self, key: str) -> None:
         """The destination answered: close its breaker, and remember its parked rows."""
@@ -134,14 +146,14 @@ class Breakers:
             breaker.probing_since = None
             if breaker.probe_at is not None:  # the probe failed
                 breaker.hung_probes = breaker.hung_probes + 1 if hung else 0
-                breaker.probe_at = self._clock() + min(
+                breaker.probe_at = self._clock.monotonic() + min(
                     PROBE_SECONDS * 2 ** breaker.hung_probes, HUNG_PROBE_MAX_SECONDS)
                 return True
             if breaker.failures < FAILURES_TO_OPEN:
                 return False
-            breaker.probe_at = self._clock() + PROBE_SECONDS
+            breaker.probe_at = self._clock.monotonic() + PROBE_SECONDS
             self._known.add(key)
-        self._on_change(key, self._clock())
+        self._on_change(key, self._clock.wall())
         return True
 
     def is_open(self, key: str) -> bool:
@@ -151,7 +163,7 @@ class Breakers:
             return breaker is not None and breaker.probe_at is not None
 
     def recovered(self) -> list[tuple[str, set[int]]]:
-        """Destinations closed since the last call, with the orgs whose rows wait."""
+        """Destinations closed since the last call, with the orgs whose rows waited."""
         with self._lock:
             found, self._recovered = self._recovered, []
         return found

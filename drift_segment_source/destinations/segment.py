@@ -43,6 +43,9 @@ class SegmentError(Exception):
     message: str
     retry_after: float | None = None
     timed_out: bool = False  # no answer within the timeout: the host hangs, not refuses
+    # What went wrong, for the log: status (an HTTP answer), refused (nothing listens),
+    # timeout, tls, redirect, unreadable (an answer we could not read) or network.
+    kind: str = "status"
 
     @property
     def retryable(self) -> bool:
@@ -139,14 +142,33 @@ class HttpTransport:
                                retry_after) from None
         except requests.TooManyRedirects:
             raise SegmentError(None, "the host answered with a redirect; SEGMENT_HOST must be "
-                                     "the API itself") from None
+                                     "the API itself", kind="redirect") from None
         except requests.RequestException as error:
             raise SegmentError(None, type(error).__name__,
-                               timed_out=isinstance(error, requests.Timeout)) from None
+                               timed_out=isinstance(error, requests.Timeout),
+                               kind=network_error_kind(error)) from None
         except (ValueError, RecursionError) as error:
             # The library could not read Segment's answer (e.g. absurdly nested JSON):
             # no confirmation, so the batch is tried again later.
-            raise SegmentError(None, f"unreadable answer: {type(error).__name__}") from None
+            raise SegmentError(None, f"unreadable answer: {type(error).__name__}",
+                               kind="unreadable") from None
+
+
+def network_error_kind(error: requests.RequestException) -> str:
+    """Why no answer came: refused, timeout, tls, or network (DNS, reset, …)."""
+    if isinstance(error, requests.Timeout):
+        return "timeout"
+    if isinstance(error, requests.exceptions.SSLError):
+        return "tls"
+    cause: BaseException | None = error
+    for _ in range(8):  # requests wraps urllib3's error, which wraps the socket's
+        if cause is None:
+            break
+        if isinstance(cause, ConnectionRefusedError):
+            return "refused"
+        cause = cause.__cause__ or cause.__context__ or (
+            cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None)
+    return "refused" if "refused" in str(error).lower() else "network"
 
 
 class FailingTransport:

@@ -15,10 +15,11 @@ from typing import Any
 
 from drift_segment_source.drift_api import Credentials, DriftApi
 from drift_segment_source.routing import Routing
-from drift_segment_source.store.intake import HORIZON_MARGIN_SECONDS, take_in
+from drift_segment_source.sources.door import Rejected
 from drift_segment_source.store.store import Store
 
-from .envelope import Rejected, read_envelope
+from .envelope import read_envelope
+from .intake import HORIZON_MARGIN_SECONDS, take_in
 
 
 def implied_webhooks(drift_api: DriftApi, credentials: Credentials, org_id: int,
@@ -38,7 +39,7 @@ def store_webhooks(store: Store, routing: Routing, webhooks: Iterable[dict[str, 
     outcomes: Counter[str] = Counter()
     for webhook in webhooks:
         try:
-            taken = take_in(read_envelope(webhook), store, routing, received_at=store.clock(),
+            taken = take_in(read_envelope(webhook), store, routing, received_at=store.now(),
                             keep_invalid=False)
             outcome = taken.status
         except Rejected as rejection:

@@ -12,29 +12,25 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import ClientDisconnected
 
 from drift_segment_source import metrics
 from drift_segment_source.routing import current_routing
-from drift_segment_source.store.intake import take_in
-from drift_segment_source.store.store import Store
-
-from .envelope import (
-    Envelope,
+from drift_segment_source.sources.door import (
     Rejected,
     WalksNeeded,
     check_carriable,
     parse_json,
-    read_envelope,
+    read_body,
 )
+from drift_segment_source.store.store import Store
+
+from .envelope import Envelope, read_envelope
+from .intake import take_in
 from .translators import TRANSLATORS
 from .verification import token_is_valid
 
 blueprint = Blueprint("webhooks", __name__)
 log = logging.getLogger("drift_segment_source.webhooks")
-
-JSON_TYPES = ("application/json",)
-
 
 @blueprint.post("/webhooks/drift")
 def receive() -> tuple[Response, int]:
@@ -69,42 +65,6 @@ def receive() -> tuple[Response, int]:
     return jsonify(answer), status
 
 
-def read_body() -> bytes:
-    """The raw body, refusing oversize bodies before reading them and non-JSON media types."""
-    limit: int = current_app.config["MAX_BODY_BYTES"]
-    if request.content_length is not None and request.content_length > limit:
-        raise Rejected(413, "payload_too_large", f"Body is over {limit} bytes.", limit=limit)
-    # Read up to one byte past the limit so a chunked body without Content-Length is caught
-    # too; a stream read may return less than asked, hence the loop.
-    chunks: list[bytes] = []
-    size = 0
-    ended = True
-    try:
-        while size <= limit:
-            chunk = request.stream.read(limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except (ClientDisconnected, OSError):
-        ended = False  # a chunked body broke off
-    if not ended or (request.content_length is not None and size < request.content_length):
-        # The body stopped before its end: the client went away, or it was too slow and
-        # gunicorn_conf.DeadlineWorker cut it off to free the thread.
-        seconds = current_app.config["REQUEST_READ_TIMEOUT_SECONDS"]
-        raise Rejected(408, "request_timeout",
-                       f"The body did not arrive in full within {seconds:g} s.",
-                       seconds=seconds)
-    body = b"".join(chunks)
-    if len(body) > limit:
-        raise Rejected(413, "payload_too_large", f"Body is over {limit} bytes.", limit=limit)
-    media_type = request.mimetype
-    if media_type not in JSON_TYPES and not media_type.endswith("+json"):
-        raise Rejected(400, "unsupported_content_type",
-                       f"Content-Type must be application/json, got {media_type or 'none'!r}.")
-    return body
-
-
 def check_token(document: Any) -> None:
     """Rejected(401) unless the header or body token is one of the configured tokens."""
     presented = [request.headers.get("X-Verification-Token")]
@@ -117,7 +77,7 @@ def check_token(document: Any) -> None:
 def store_webhook(envelope: Envelope) -> tuple[int, dict[str, Any], str]:
     """Take the webhook in (intake.py); (status, JSON answer, metric outcome)."""
     store: Store = current_app.extensions["store"]
-    taken = take_in(envelope, store, current_routing(), received_at=store.clock())
+    taken = take_in(envelope, store, current_routing(), received_at=store.now())
     if taken.status == "accepted":
         current_app.extensions["delivery_wakeup"].set()
     return 200, taken.answer(), taken.outcome or taken.status

@@ -38,15 +38,16 @@ from drift_segment_source import config, metrics
 from drift_segment_source.app_mode.orgs import AppRouting
 from drift_segment_source.destinations.segment import INTEGRATION
 from drift_segment_source.routing import current_routing
-from drift_segment_source.sources.drift.envelope import (
+from drift_segment_source.sources.door import (
     Rejected,
+    Taken,
     WalksNeeded,
     check_carriable,
     parse_json,
+    read_body,
+    storage_rejection,
 )
 from drift_segment_source.sources.drift.translators import EVENT_PREFIX
-from drift_segment_source.sources.drift.webhooks import read_body
-from drift_segment_source.store.intake import Taken, storage_rejection
 from drift_segment_source.store.store import Store, StoreUnavailable, Unstorable, storage_error
 
 from .translators import (
@@ -104,13 +105,13 @@ def answer(org_id: int, secrets: Sequence[str]) -> tuple[Response, int]:
         whole = check_signature(body, request.headers.get("X-Signature"), secrets)
         document = parse_json(body)
         if not whole:
-            check_signed_element_is_recent(document, store.clock(),
+            check_signed_element_is_recent(document, store.now(),
                                            current_app.config["SEGMENT_BATCH_SIGNATURE_MAX_AGE_HOURS"])
     except Rejected as rejection:
         status, reply = rejection.status, rejection.body
         count(None, str(rejection.body["error"]))
     else:
-        received_at = round(store.clock(), 3)
+        received_at = round(store.now(), 3)
         walks = WalksNeeded.of(body)
         try:
             # Each message's outcome is counted where it is decided.

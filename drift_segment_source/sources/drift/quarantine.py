@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from flask import Flask
 
 from drift_segment_source.routing import Routing
-from drift_segment_source.sources.drift.envelope import Rejected, read_envelope
+from drift_segment_source.sources.door import Rejected
+from drift_segment_source.store.store import Store
 
+from .envelope import read_envelope
 from .intake import take_in
-from .store import Store
 
 
 def retry_quarantined(app: Flask, ids: Sequence[int] | None = None) -> dict[str, int]:

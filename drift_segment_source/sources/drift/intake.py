@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from drift_segment_source.delivery.to_segment import segment_messages
 from drift_segment_source.destinations.segment import MessageBuilder, MessageTooLarge
 from drift_segment_source.routing import Routing
-from drift_segment_source.sources.drift.envelope import Envelope, Rejected
-from drift_segment_source.sources.drift.translators import (
-    TRANSLATORS,
-    Translator,
-    dedupe_key,
-    translate,
-)
-from drift_segment_source.sources.drift.translators.base import receipt_ms
+from drift_segment_source.sources.door import Rejected, Taken, storage_rejection
+from drift_segment_source.store.store import Store, StoreUnavailable, Unstorable, storage_error
 
-from .store import Store, StoreUnavailable, Unstorable, storage_error
+from .envelope import Envelope
+from .translators import TRANSLATORS, Translator, dedupe_key
+from .translators.base import receipt_ms
 
 log = logging.getLogger("drift_segment_source.intake")
 
@@ -40,26 +35,6 @@ ALWAYS_FITS_BYTES = 8_000
 HORIZON_MARGIN_SECONDS = 86_400
 # Stands in for the Drift API's conversation when measuring a message at the door.
 STAND_IN_CONVERSATION = {"contactId": 0}
-
-
-@dataclass(frozen=True)
-class Taken:
-    """What became of a webhook that was not refused: ``accepted`` (stored now),
-    ``duplicate`` (stored before) or ``ignored`` (not relayed, with the reason)."""
-
-    status: str
-    webhook_id: int | None = None
-    reason: str | None = None
-    outcome: str | None = None  # the metric's outcome label, when not ``status``
-
-    def answer(self) -> dict[str, Any]:
-        """The JSON answer (SPEC §4)."""
-        answer: dict[str, Any] = {"status": self.status}
-        if self.webhook_id is not None:
-            answer["id"] = self.webhook_id
-        if self.reason is not None:
-            answer["reason"] = self.reason
-        return answer
 
 
 class _Builder(threading.local):
@@ -122,15 +97,6 @@ def store_event(translator: Translator, envelope: Envelope, store: Store, routin
     return Taken("accepted", stored_id)
 
 
-def storage_rejection(error: Exception) -> Rejected:
-    """The answer to a webhook the store could not take: 400 if it refused the values,
-    else 503 (the store is down; Drift may try again)."""
-    if isinstance(error, Unstorable):
-        return Rejected(400, "unstorable",
-                        f"The database refused this webhook's values ({error}).")
-    return Rejected(503, "store_unavailable", "The webhook could not be stored; please retry.")
-
-
 def invalid(store: Store, envelope: Envelope, errors: Any, keep: bool) -> Any:
     """Rejected(422) with the field errors; the payload is quarantined when ``keep``."""
     details: dict[str, Any] = {"fields": errors}
@@ -151,10 +117,9 @@ def oversize(translator: Translator, envelope: Envelope, data: dict[str, Any],
         return None
     conversation = (STAND_IN_CONVERSATION
                     if translator.conversation_needed(data) is not None else None)
-    received = datetime.fromtimestamp(received_at, tz=UTC)
     try:
-        for call in translate(translator, envelope.org_id, data, received, conversation):
-            _builders.builder.build(call)
+        segment_messages(translator, envelope.org_id, data, received_at, _builders.builder,
+                         conversation=conversation)
     except MessageTooLarge:
         return "makes a Segment message over the 32 KB limit"
     return None
