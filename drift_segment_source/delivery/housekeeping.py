@@ -50,6 +50,7 @@ class Housekeeping:
         self.delivery = delivery
         self.retention = retention
         self._last: dict[str, float] = {}
+        self._steps_seen = getattr(clock, "steps_adopted", 0)
 
     def due(self, chore: str, every: float) -> bool:
         """Whether ``chore`` last ran ``every`` seconds ago or more (and mark it run)."""
@@ -62,12 +63,27 @@ class Housekeeping:
 
     def now_and_then(self) -> None:
         """Every chore whose time has come."""
+        self.follow_clock_steps()
         if self.due("future_due", FUTURE_DUE_CHECK_EVERY_SECONDS):
             self.make_future_rows_due()
         if self.due("prune", PRUNE_EVERY_SECONDS):
             self.prune()
         if self.due("checkpoint", CHECKPOINT_EVERY_SECONDS):
             self.store.checkpoint()
+
+    def follow_clock_steps(self) -> None:
+        """When the clock believes a step of the host clock back, rows scheduled before it
+        are moved back as much, so none waits for the size of the step. (Each process moves
+        them when its own clock believes the step: a row is at worst tried early.)"""
+        adopted = getattr(self.clock, "steps_adopted", 0)
+        if adopted == self._steps_seen:
+            return
+        self._steps_seen = adopted
+        step = float(getattr(self.clock, "last_adopted_step", 0.0))
+        if step < 0:
+            moved = self.store.shift_waits(step)
+            log.warning("rows scheduled before the clock stepped back are due as much sooner",
+                        extra={"step_seconds": round(step, 3), "count": moved})
 
     def make_future_rows_due(self) -> None:
         """Rows due further ahead than any wait the engine sets are due now: the clock that

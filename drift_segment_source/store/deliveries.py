@@ -214,6 +214,18 @@ class Deliveries(StoreBase):
         with self._writing() as connection:
             return connection.execute(statement).rowcount
 
+    def shift_waits(self, seconds: float) -> int:
+        """Move every pending row's due time by ``seconds``: the wall clock was believed to
+        have stepped by as much, and rows scheduled before the step wait in its old time."""
+        now = self.now()
+        statement = (
+            update(webhooks)
+            .where(IS_PENDING, webhooks.c.next_attempt_at > now)
+            .values(next_attempt_at=webhooks.c.next_attempt_at + seconds)
+        )
+        with self._writing() as connection:
+            return connection.execute(statement).rowcount
+
     def mark_delivered(self, owner: str, ids: Sequence[int]) -> int:
         """Segment answered 2xx for these rows' messages."""
         return self.record(owner, delivered=ids)

@@ -18,6 +18,7 @@ from drift_segment_source.delivery.to_segment import segment_messages
 from drift_segment_source.destinations.segment import MessageBuilder, MessageTooLarge
 from drift_segment_source.routing import Routing
 from drift_segment_source.sources.door import Rejected, Taken, storage_rejection
+from drift_segment_source.store.commits import digest_of
 from drift_segment_source.store.store import Store, StoreUnavailable, Unstorable, storage_error
 
 from .envelope import Envelope
@@ -80,10 +81,11 @@ def store_event(translator: Translator, envelope: Envelope, store: Store, routin
     too_large = oversize(translator, envelope, data, received_at)
     if too_large:
         invalid(store, envelope, {"data": [too_large]}, keep_invalid)
-    check_horizon(store, translator.anchor_time(data))
     try:
         key = dedupe_key(envelope.org_id, envelope.event_type,
                          translator.identity(data, receipt_ms(received_at)))
+        if beyond_horizon(store, translator.anchor_time(data), key):
+            return Taken("duplicate")
         stored_id = store.accept(envelope.org_id, envelope.event_type, key,
                                  envelope.stored_payload, received_at=received_at,
                                  hold_reason=route.hold)
@@ -125,13 +127,18 @@ def oversize(translator: Translator, envelope: Envelope, data: dict[str, Any],
     return None
 
 
-def check_horizon(store: Store, happened_ms: int | None) -> None:
-    """Rejected(400) when the event happened before the dedupe keys kept (SPEC §5.10)."""
+def beyond_horizon(store: Store, happened_ms: int | None, key: str) -> bool:
+    """For an event that happened before the dedupe keys kept (docs/reliability.md, "Dedupe
+    horizon"): True when its key is kept all the same (a duplicate), else Rejected(400)
+    rather than a second delivery. False for every other event."""
     if happened_ms is None:
-        return
+        return False
     horizon = store.dedupe_horizon()
-    if horizon and happened_ms / 1000 < horizon + HORIZON_MARGIN_SECONDS:
-        raise Rejected(400, "beyond_dedupe_horizon",
+    if not horizon or happened_ms / 1000 >= horizon + HORIZON_MARGIN_SECONDS:
+        return False
+    if store.known_keys({digest_of(key)}):
+        return True
+    raise Rejected(400, "beyond_dedupe_horizon",
                        "The event happened before the oldest dedupe key kept "
                        "(DEDUPE_RETENTION_DAYS), so it could be a copy of one already "
                        "delivered; it is refused rather than sent twice.",
