@@ -353,10 +353,10 @@ def test_a_batch_body_is_looked_at_once_not_once_per_message(
         app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
     """Scanning the whole body for each message cost messages × body size (12,000
     messages of a 1 MB body took 15 s, past Segment's 10 s wait)."""
-    from drift_segment_source.sources.drift import envelope
+    from drift_segment_source.sources import door
     looks: list[int] = []
-    original = envelope.WalksNeeded.of.__func__  # type: ignore[attr-defined]
-    monkeypatch.setattr(envelope.WalksNeeded, "of", classmethod(
+    original = door.WalksNeeded.of.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(door.WalksNeeded, "of", classmethod(
         lambda cls, body: looks.append(len(body)) or original(cls, body)))
     deep = track("t-deep", properties={"a": json.loads("[" * 40 + "]" * 40)})
     lone = stringify(track("t-lone")).replace(b"Order", b"\\ud83d Order")
