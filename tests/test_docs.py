@@ -31,7 +31,7 @@ NOT_SETTINGS = {
 }
 
 # Folders still allowed to cite outside documents until their comments are rewritten to cite
-# docs/ (see the lead's reference map). Empty this tuple once they are.
+# docs/ instead. Empty this tuple once they do.
 NOT_YET_SELF_CONTAINED: tuple[str, ...] = ("drift_segment_source/",)
 # The changelog may say what a past version was built against.
 MAY_CITE_HISTORY = ("CHANGELOG.md",)
