@@ -8,6 +8,8 @@ generated from ``drift_segment_source/config.py``.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,8 +44,9 @@ MAY_CITE_HISTORY = ("CHANGELOG.md",)
 OUTSIDE_REFERENCES = re.compile(
     r"\bS[P]EC\b|\bREFERENC[E]\.md|\u00a7|\b[Ii]ssues? #?[0-9]+|/wor[k]/")
 
-SKIPPED_FOLDERS = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache",
-                   ".ruff_cache", "instance", "test-artifacts", "build", "dist", "node_modules"}
+# Folders of tools' caches and of local runs, never part of the repository (any folder whose
+# name starts with a dot is left out too, but .ci; so is a worktree's .git file).
+SKIPPED_FOLDERS = {"__pycache__", "instance", "test-artifacts", "build", "dist", "node_modules"}
 # A Markdown link to a document, or a path to one (with a folder) written in any file.
 MARKDOWN_LINK = re.compile(r"\]\(([^)#\s]+\.md)(#[\w-]+)?\)")
 DOCUMENT_PATH = re.compile(r"(?<![\w/.-])((?:\.\./)*(?:[\w.-]+/)+[\w.-]+\.md)(#[\w-]+)?")
@@ -79,14 +82,15 @@ def documented_settings() -> dict[str, str]:
 
 def repository_files() -> Iterator[Path]:
     """Every text file of the repository (caches, virtualenvs and run output left out)."""
-    for path in sorted(ROOT.rglob("*")):
-        relative = path.relative_to(ROOT)
-        if any(part in SKIPPED_FOLDERS or part.endswith(".egg-info")
-               for part in relative.parts) or not path.is_file():
-            continue
-        data = path.read_bytes()
-        if b"\0" not in data:
-            yield path
+    for folder, subfolders, names in os.walk(ROOT):
+        subfolders[:] = sorted(
+            name for name in subfolders
+            if name not in SKIPPED_FOLDERS and not name.endswith(".egg-info")
+            and (not name.startswith(".") or name == ".ci"))
+        for name in sorted(names):
+            path = Path(folder) / name
+            if name != ".git" and path.is_file() and b"\0" not in path.read_bytes():
+                yield path
 
 
 def anchor(heading: str) -> str:
@@ -94,6 +98,7 @@ def anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@functools.cache
 def anchors_of(document: Path) -> set[str]:
     """The anchors of every heading of a Markdown file (code blocks left out)."""
     text = re.sub(r"^```.*?^```", "", document.read_text(), flags=re.MULTILINE | re.DOTALL)
