@@ -1,4 +1,4 @@
-"""Finding 5: holes in dedupe, in-process with a fake clock.
+"""Dedupe holes: in-process with a fake clock.
 
 The app is built with ``create_app({..., "CLOCK": ...})`` from the checkout's package on a
 temporary SQLite file; delivery rounds run in-process (``make_delivery(app).run_round()``)
@@ -204,7 +204,7 @@ def main() -> None:
         }
         lost = sum(1 for label in participant + pushes if label == "200 duplicate")
         report = {
-            "finding": "5 dedupe holes", "checkout": args.checkout,
+            "finding": "dedupe holes", "checkout": args.checkout,
             "posted": len(answers), "answered": harness.answered(answers),
             "backfilled": backfill_output[0],
             "stored": harness.states(rows),

@@ -1,4 +1,4 @@
-"""Finding 3: slow Drift lookups hold up webhooks that need none, outlast the lease, and
+"""Head-of-line blocking: slow Drift lookups hold up webhooks that need none, outlast the lease, and
 keep SIGTERM from handing work back.
 
 The fake Drift API answers ``GET /conversations/{id}`` for the "slow" conversations only
@@ -139,7 +139,7 @@ def main() -> None:
         tally = harness.tally(quick, rows, run.segment)
         grace = graceful_timeout(args.checkout)
         report = {
-            "finding": "3 head-of-line", "checkout": args.checkout, **tally,
+            "finding": "head-of-line", "checkout": args.checkout, **tally,
             "posted": len(sent),
             "answered": harness.answered(item.answer for item in sent if item.answer),
             "extra": {

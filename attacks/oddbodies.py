@@ -1,4 +1,4 @@
-"""Finding 4: bodies the store or Segment cannot carry: 5xx answers, or "accepted" and then
+"""Odd bodies: bodies the store or Segment cannot carry: 5xx answers, or "accepted" and then
 dead-lettered.
 
 Posts one webhook per case below (each with its own contact id), then a scan of
@@ -44,7 +44,7 @@ def conversation(n: int, **extra: Any) -> dict[str, Any]:
 
 
 def cases() -> list[tuple[Sent, str]]:
-    """(webhook, what SPEC wants for it)."""
+    """(webhook, the documented answer for it)."""
     out: list[tuple[Sent, str]] = []
 
     def add(name: str, contact: int, body: Any, expect: str) -> None:
@@ -108,7 +108,7 @@ def cases() -> list[tuple[Sent, str]]:
     add("contactId_10e30", 10**30,
         webhook("new_conversation", {"id": 6_000_013, "contactId": 10**30,
                                      "createdAt": 1714419312425, "attackId": marker("c13")}),
-        "400/422 (SPEC: a number too big for a 64-bit id)")
+        "400/422 (documented: a number too big for a 64-bit id)")
     add("nul_in_string", 45_000_000_014,
         webhook("new_conversation", conversation(14, status="open\u0000")), "delivered")
     return out
@@ -178,7 +178,7 @@ def main() -> None:
         leaked = harness.log_mentions(log, [marker(item.name) for item in everything]
                                       + ["x" * 200, "y" * 200, "Hot lead"])
         report = {
-            "finding": "4 odd bodies", "checkout": args.checkout, **tally,
+            "finding": "odd bodies", "checkout": args.checkout, **tally,
             "extra": {
                 "cases": results,
                 "five_xx_cases": five_xx,

@@ -1,4 +1,4 @@
-"""Finding 2: one row that cannot be prepared freezes every row claimed with it.
+"""Poison row: one row that cannot be prepared freezes every row claimed with it.
 
 Phase 1 posts a ``conversation_participant_added`` without ``contactId`` whose conversation
 (fake Drift API) has no ``contactId`` either, and waits for it: a message must never leave
@@ -129,7 +129,7 @@ def main() -> None:
                           and (harness.row_for(rows, item.name) or {}).get("state")
                           == "pending")
         report = {
-            "finding": f"2 poison row ({args.variant})", "checkout": args.checkout, **tally,
+            "finding": f"poison row ({args.variant})", "checkout": args.checkout, **tally,
             "extra": {
                 "good_posted": len(goods),
                 "good_delivered_within_wait": within,

@@ -1,4 +1,4 @@
-"""Finding 1: a lone UTF-16 surrogate escape in one webhook of a group commit.
+"""Surrogates: a lone UTF-16 surrogate escape in one webhook of a group commit.
 
 480 distinct ``new_conversation`` webhooks from 24 keep-alive connections at once; one in
 six carries ``"\\ud83d"`` (a truncated emoji, written as the JSON escape in the raw body) in
@@ -62,7 +62,7 @@ def main() -> None:
                            args.wait)
         time.sleep(1.0)  # a last round in flight
         rows = run.db.rows()
-        report = {"finding": "1 surrogates", "checkout": args.checkout,
+        report = {"finding": "surrogates", "checkout": args.checkout,
                   **harness.tally(sent, rows, run.segment)}
         log = run.service.log_text()
         report["extra"] = {

@@ -1,4 +1,4 @@
-"""How fast a backlog resumes after a Segment outage (issue 9, SPEC §5.9).
+"""How fast a backlog resumes after a Segment outage (docs/reliability.md#circuit-breakers).
 
 Runs the real service (``drift-segment-source serve``, 2 workers, delivery in the web
 workers, SQLite) from a checkout, against a loopback fake Segment that answers 503 to

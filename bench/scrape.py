@@ -1,4 +1,4 @@
-"""What a ``/metrics`` scrape costs with 1 stored row and with 1,000,000 (issue 9).
+"""What a ``/metrics`` scrape costs with 1 stored row and with 1,000,000.
 
 Builds the app on a fresh SQLite file (or ``--database-url``, an empty database), stores
 one webhook, times ``--scrapes`` scrapes of ``/metrics``; then adds ``--rows`` delivered

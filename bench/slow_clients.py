@@ -1,4 +1,4 @@
-"""What slow clients do to a service with no buffering proxy in front (issue 9).
+"""What slow clients do to a service with no buffering proxy in front.
 
 Starts the real service (``drift-segment-source serve``: gunicorn, SQLite, dry-run) on
 127.0.0.1, opens K hostile connections of one kind, and meanwhile posts ordinary webhooks

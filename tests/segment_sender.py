@@ -1,4 +1,4 @@
-"""What Segment's Webhooks destination sends: signed bodies (tests of SPEC §10)."""
+"""What Segment's Webhooks destination sends: signed bodies (see docs/segment-to-drift.md)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def test_backfill_pages_conversations_and_meetings_and_dedupes_with_live(
                         "SEGMENT_WRITE_KEY": ""}.items():
         monkeypatch.setenv(name, value)
     app = make_app()
-    # The seed conversation already came in live.
+    # The documented example conversation already came in live.
     assert app.test_client().post("/webhooks/drift", json=SEED).get_json()["status"] == \
         "accepted"
     since = 1714300000000

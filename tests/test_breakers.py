@@ -1,6 +1,6 @@
-"""Outages end fast (SPEC §5.9): a circuit breaker per destination stops spending attempts
-while it is down, lets one probe through at a time, and makes the waiting rows due at once
-when the probe succeeds."""
+"""Outages end fast (docs/reliability.md#circuit-breakers): a circuit breaker per destination
+stops spending attempts while it is down, lets one probe through at a time, and makes the
+waiting rows due at once when the probe succeeds."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The client-side script ``GET /drift-segment.js`` (SPEC §3.3): its HTTP caching, and what it
-does in a real headless Chromium.
+"""The client-side script ``GET /drift-segment.js`` (docs/client-script.md): its HTTP
+caching, and what it does in a real headless Chromium.
 
 The browser tests load pages from ``tests/browser_pages/`` on one loopback origin (the "site")
 and the script from the service on another. The pages hold stand-ins for Segment's analytics.js

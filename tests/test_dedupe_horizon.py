@@ -1,6 +1,6 @@
-"""Dedupe has a horizon that covers every re-send (SPEC §5.10): keys outlive webhook rows,
-requests beyond the keys kept are refused with the reason, and identities are stable facts
-of the event (a meeting's eventId, never its slot times)."""
+"""Dedupe has a horizon that covers every re-send (docs/reliability.md#dedupe-horizon): keys
+outlive webhook rows, requests beyond the keys kept are refused with the reason, and
+identities are stable facts of the event (a meeting's eventId, never its slot times)."""
 
 from __future__ import annotations
 

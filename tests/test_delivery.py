@@ -447,7 +447,7 @@ def test_network_errors_are_retried(make_app: AppFactory, segment: FakeSegment,
 def test_failing_transport_is_chosen_by_configuration(make_app: AppFactory,
                                                       segment: FakeSegment,
                                                       clock: Clock) -> None:
-    # Fault injection in the Antenna style: the same code, a failing backend.
+    # Fault injection by configuration: the same code, a failing backend.
     failing = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, SEGMENT_TRANSPORT="failing:503")
     ids = [post(failing, body)["id"] for body in conversations(3)]
     delivery = make_delivery(failing)

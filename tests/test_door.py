@@ -1,5 +1,6 @@
 """What the store or Segment cannot carry is refused at the door with a 4xx naming the
-problem (SPEC §4), never accepted and lost later, never a 5xx."""
+problem (docs/reliability.md#what-every-request-gets), never accepted and lost later, never a
+5xx."""
 
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 Hypothesis builds bursts of webhooks: distinct Drift events carrying a "noise" field of any
 JSON (full Unicode with lone surrogates, deep and wide nesting, huge and negative numbers,
 overflowing floats), exact repeats of them, and junk bodies. The burst is posted from many
-connections at once to a real threaded server, then delivered. The properties (SPEC §4):
+connections at once to a real threaded server, then delivered. The properties
+(docs/reliability.md#what-every-request-gets):
 
-- every answer is one of SPEC §4's answers, never a 5xx;
+- every answer is one of the documented answers, never a 5xx;
 - ``accepted`` → delivered to Segment exactly once (each event has its own contact id);
 - ``duplicate`` → another copy of the same event was accepted;
 - a refusal stores nothing; what the store or Segment cannot carry is refused, never accepted.

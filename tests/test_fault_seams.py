@@ -1,6 +1,7 @@
-"""Failure stays with its row (SPEC §5.8): a fault injected at each seam of delivery (a
-translator, the Drift API, Segment, the transport) affects only the row it belongs to; the
-others are delivered in the same round, and the round ends well inside its lease."""
+"""Failure stays with its row (docs/reliability.md#failure-stays-with-its-row): a fault
+injected at each seam of delivery (a translator, the Drift API, Segment, the transport)
+affects only the row it belongs to; the others are delivered in the same round, and the round
+ends well inside its lease."""
 
 from __future__ import annotations
 

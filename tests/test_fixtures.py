@@ -3,7 +3,8 @@
 Cases are data: ``fixtures/drift/<event>/<case>.json`` with ``<case>.segment.json`` (the
 batch Segment must receive) and optionally ``<case>.drift-api.json`` (Drift API answers).
 Select with ``-k``, e.g. ``pytest tests/test_fixtures.py -k button_clicked``. Cases named
-``stitched_*`` run with ``IDENTITY_STITCHING=external_id`` (SPEC §3.2); the others with it off.
+``stitched_*`` run with ``IDENTITY_STITCHING=external_id``; the others with it off (see
+docs/event-mapping.md#identity-stitching).
 """
 
 from __future__ import annotations

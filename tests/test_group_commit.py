@@ -1,5 +1,6 @@
-"""Every answer is true whatever the requests committed with it do (SPEC §4): concurrent
-webhooks share group commits, and a row the store refuses fails alone."""
+"""Every answer is true whatever the requests committed with it do
+(docs/reliability.md#what-every-request-gets): concurrent webhooks share group commits, and a
+row the store refuses fails alone."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def stored_ids(app: Flask) -> set[int]:
 
 def test_surrogates_in_concurrent_webhooks_fail_alone_and_nothing_is_answered_duplicate(
         make_app: AppFactory, segment: FakeSegment) -> None:
-    # Finding 1 of issue 8, as measured: 480 webhooks from 24 connections, 1 in 6 with a
+    # As attacks/surrogates.py measures it: 480 webhooks from 24 connections, 1 in 6 with a
     # lone surrogate escape in a field nobody reads.
     app = make_app(SEGMENT_HOST=segment.url)
     bodies = [conversation_body(n, SURROGATE if n % 6 == 0 else "fine") for n in range(480)]

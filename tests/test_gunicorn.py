@@ -1,8 +1,8 @@
 """The real service under real gunicorn: webhooks delivered by workers made after fork.
 
-REFERENCE.md's fork pitfall: a Segment client made in the gunicorn master delivers nothing,
-silently. This runs ``drift-segment-source serve`` as users do and watches a loopback fake
-Segment receive the messages.
+The fork pitfall (docs/architecture.md#processes): a Segment client made in the gunicorn
+master delivers nothing, silently. This runs ``drift-segment-source serve`` as users do and
+watches a loopback fake Segment receive the messages.
 """
 
 from __future__ import annotations

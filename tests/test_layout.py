@@ -1,4 +1,4 @@
-"""The package layout is part of the design (README "How a webhook travels"): the core
+"""The package layout is part of the design (docs/architecture.md#the-layers): the core
 (store, delivery, destinations) never imports app mode, and no modules import each other in
 a cycle. Read from the source with ast, so a lazy import inside a function counts too."""
 

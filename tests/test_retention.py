@@ -1,5 +1,5 @@
-"""Growth is bounded and said (SPEC §5.11): every state has a retention, what goes is
-counted and logged first, and held rows show by reason."""
+"""Growth is bounded and said (docs/reliability.md#retention): every state has a retention,
+what goes is counted and logged first, and held rows show by reason."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Segment → Drift in app mode (SPEC §10): each installed org has its own endpoint
-``/webhooks/segment/<orgId>`` and secret (made at install, encrypted at rest, shown on its
-setup page), and its messages are written to Drift with that org's own OAuth token."""
+"""Segment → Drift in app mode (docs/segment-to-drift.md#app-mode): each installed org has its
+own endpoint ``/webhooks/segment/<orgId>`` and secret (made at install, encrypted at rest,
+shown on its setup page), and its messages are written to Drift with that org's own OAuth
+token."""
 
 from __future__ import annotations
 

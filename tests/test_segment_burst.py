@@ -1,5 +1,5 @@
 """A burst of 1,000 Segment events through the real endpoint (HTTP, threads) and the real
-delivery loop into a fake Drift that answers 429 to every 7th call (SPEC §10).
+delivery loop into a fake Drift that answers 429 to every 7th call.
 
 Counts what happened and keeps the figures in ``test-artifacts/segment_burst_<db>.json``:
 accepted, duplicates (Segment retrying), delivered, retried, dead-lettered (tracks of users

@@ -1,5 +1,6 @@
-"""Delivery of Segment messages to Drift (SPEC §10): the same store and loop as the other
-direction, with retries, dead letters and the Drift circuit; Segment is never posted to."""
+"""Delivery of Segment messages to Drift (docs/segment-to-drift.md): the same store and loop as
+the other direction, with retries, dead letters and the Drift circuit; Segment is never posted
+to."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Every Segment fixture, through the real endpoint and delivery loop, makes its exact Drift
-API calls (SPEC §10) against a stateful fake Drift on 127.0.0.1.
+API calls (docs/segment-to-drift.md) against a stateful fake Drift on 127.0.0.1.
 
 Cases are data: ``fixtures/segment/<type>/<case>.json`` (the Segment message, as Segment's
 Webhooks destination sends it) beside ``<case>.drift.json``: ``contacts`` the fake Drift

@@ -1,5 +1,5 @@
-"""Drift → Segment → Drift never echoes (SPEC §10 loop guard): a Drift webhook is delivered
-to a fake Segment, Segment's Webhooks destination forwards those messages back to
+"""Drift → Segment → Drift never echoes (docs/segment-to-drift.md#loop-guard): a Drift webhook
+is delivered to a fake Segment, Segment's Webhooks destination forwards those messages back to
 ``/webhooks/segment`` as it would, and they are ignored: nothing stored, no Drift call."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The Segment translators (SPEC §10) are pure: a Segment message in, Drift actions out."""
+"""The Segment translators are pure: a Segment message in, Drift actions out (see
+docs/segment-to-drift.md#what-each-call-does-in-drift)."""
 
 from __future__ import annotations
 

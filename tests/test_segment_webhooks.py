@@ -1,4 +1,5 @@
-"""``POST /webhooks/segment`` (SPEC §10): the signature, the answers, what is stored."""
+"""``POST /webhooks/segment``: the signature, the answers, what is stored (see
+docs/segment-to-drift.md#what-every-segment-request-gets)."""
 
 from __future__ import annotations
 

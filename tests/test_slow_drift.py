@@ -1,6 +1,6 @@
 """A slow Drift API, in real processes: webhooks that need no lookup are delivered promptly,
 and SIGTERM still finishes within gunicorn's graceful timeout, handing every row back
-(SPEC §5.6, §5.8). Figures are saved in test-artifacts/."""
+(docs/reliability.md#shutdown). Figures are saved in test-artifacts/."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Identity stitching (SPEC §3.2): contacts the site identified are joined to their userId,
-once per contact and externalId, without weakening anything else."""
+"""Identity stitching (docs/event-mapping.md#identity-stitching): contacts the site identified
+are joined to their userId, once per contact and externalId, without weakening anything else."""
 
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def test_an_anonymous_or_unknown_contact_is_sent_without_user_id_never_lost(
 def test_an_external_id_too_long_for_segment_never_loses_the_event(
         app: Flask, segment: FakeSegment, drift: FakeDriftApi) -> None:
     """The door measures messages without userId; stitching must not make an accepted
-    webhook undeliverable (SPEC §4). A 33 KB externalId from the Drift API, or a 1.5 KB one
+    webhook undeliverable. A 33 KB externalId from the Drift API, or a 1.5 KB one
     on a message that was already near the 32 KB limit, goes out without userId."""
     contact(drift, 7010, "u" * 33_000)
     post(app, conversation(1, 7010))

@@ -1,4 +1,5 @@
-"""POST /webhooks/drift answers every input as SPEC §4 says, and keeps only what it should."""
+"""POST /webhooks/drift answers every input as docs/reliability.md#what-every-request-gets says,
+and keeps only what it should."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The write key is checked when it is saved (SPEC §6).
+"""The write key is checked when it is saved (docs/app-mode.md#what-an-org-admin-sees).
 
 An empty batch (it creates no event) is posted with the key to the host of the region the
 admin chose. A key Segment refuses is a form error and nothing is saved; when Segment cannot

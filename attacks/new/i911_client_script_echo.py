@@ -1,12 +1,13 @@
 """Loop guard bypass: the client-side companion script's own events come back into Drift.
 
-GET /drift-segment.js (SPEC §3.3) calls analytics.track("Drift Source Event: <widget event>",
-props) after analytics.setAnonymousId(<Drift contact id>) -- with no `integrations`
-option and no `context.integration`. Segment's Webhooks destination forwards that track to
-POST /webhooks/segment, whose loop guard (sources/segment/webhooks.py loop_guard) only looks
-at context.integration.name and integrations.Drift/All. The event passes, anonymousId is a
-Drift contact id, so delivery writes a Drift timeline event "Drift Source Event: ..." on the
-contact: Drift's own widget events echoed back into Drift (SPEC §10 loop guard).
+GET /drift-segment.js (docs/client-script.md) calls analytics.track("Drift Source Event:
+<widget event>", props) after analytics.setAnonymousId(<Drift contact id>) -- with no
+`integrations` option and no `context.integration`. Segment's Webhooks destination forwards
+that track to POST /webhooks/segment, whose loop guard (sources/segment/webhooks.py
+loop_guard) only looks at context.integration.name and integrations.Drift/All. The event
+passes, anonymousId is a Drift contact id, so delivery writes a Drift timeline event "Drift
+Source Event: ..." on the contact: Drift's own widget events echoed back into Drift
+(docs/segment-to-drift.md#loop-guard).
 
 The message posted is the shape analytics.js gives such a call (the script's exact call).
 

@@ -7,8 +7,9 @@ synchronously. A hung host costs SEGMENT_TIMEOUT_SECONDS per post. The breaker o
 the probe is a synchronous post inside the round too: every round in which the hung org's
 rows are due again waits the whole timeout before (or after) the healthy org's batch. With
 the defaults (SEGMENT_TIMEOUT 15 s, probe every 2 s) a healthy org gets about one round per
-15 s. SPEC §5.9: "While a destination is down, a circuit breaker stops spending attempts
-on it", §5.8 "other rows are neither delayed ...".
+15 s. Promised: a circuit breaker stops spending attempts on a destination that is down
+(docs/reliability.md#circuit-breakers), and other rows are neither delayed nor
+dead-lettered by it (docs/reliability.md#failure-stays-with-its-row).
 
 Org A (region eu -> SEGMENT_EU_HOST: a server that never answers in time), org B (region
 us -> a healthy fake Segment). one webhook of each org every 0.5 s for 30 s;

@@ -7,8 +7,9 @@ rows and enqueues a lookup for each before any has failed; lookups.py then runs 
 queue 8 at a time and never looks at the breaker again. So after the breaker opens every
 queued call still goes to the hung API (each costing DRIFT_TIMEOUT, twice for GETs), and
 a Segment -> Drift timeline write queued after them (org 0's breaker, healthy endpoint)
-waits for all of them: SPEC §5.8 ("rows that need no lookup never wait behind rows that
-do") and §5.9 ("stops spending attempts on it").
+waits for all of them. Promised: rows that need no lookup never wait behind rows that do
+(docs/reliability.md#failure-stays-with-its-row), and an open circuit stops spending
+attempts (docs/reliability.md#circuit-breakers).
 
 Fake Drift: GET /conversations/* hangs 20 s; POST /contacts/timeline answers at once.
 DRIFT_TIMEOUT_SECONDS=1. 120 participant webhooks (120 distinct conversations), then 1

@@ -4,7 +4,8 @@ Drift API being down, the org's breaker opens, and every row that needs a lookup
 "waiting for the Drift API: it is not answering (circuit open)" -- spending no attempt,
 probing every 2 s for ever, until DELIVERY_MAX_AGE_HOURS (72 h) dead-letters them. The
 reason shown is false (Drift answers, promptly) and nothing says the token is the
-problem; SPEC §2/§5.5: without a usable token, events "are held with a clear reason".
+problem. Promised: without a usable token, events are held with a clear reason
+(docs/reliability.md#held-rows).
 
     .venv/bin/python attacks/new/i911_revoked_token_parked.py
 """

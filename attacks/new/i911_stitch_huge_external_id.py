@@ -5,7 +5,8 @@ A) A contact_identified webhook whose attributes.externalId is 17 KB (the site's
    oversize) measures the messages WITHOUT stitching: 17 KB fits, `accepted`. At delivery,
    stitching (delivery/stitching.py Stitching.stitch) adds userId = the same 17 KB to the
    identify that already carries it as a trait: 34 KB > Segment's 32 KB -> MessageTooLarge
-   -> dead letter. SPEC §4: "A webhook answered accepted is one that delivery can carry".
+   -> dead letter. Promised: a webhook answered accepted is one that delivery can carry
+   (docs/reliability.md#what-every-request-gets).
 B) The externalId comes from GET /contacts/{id} (33 KB). Every event of that contact --
    here a small new_conversation -- gets userId = 33 KB and dies at delivery, while with
    IDENTITY_STITCHING=off the same event is delivered. Turning stitching on loses events.

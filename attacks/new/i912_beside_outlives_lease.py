@@ -2,17 +2,17 @@
 loop claims the rows again and posts them while the first post is still in flight.
 
 Delivery.post_isolating bounds each post with ``self._lease_ends - time.monotonic()``, and
-``_lease_ends`` is an attribute of the loop that every run_round overwrites with ITS start
-+ 0.8 x lease. A beside thread (its destination's circuit was open when the round began)
-keeps posting after the round returned: its probe, then the rest of its batches up to the
-round's deadline (1/3 lease). Each later round moves ``_lease_ends`` on, so a batch the
-beside thread starts near that deadline may run until deadline + 0.8 lease = 1.13 lease
-after its rows were claimed: past their lease. The loop's next round then claims the same
-rows again (their lease is over) and posts them a second time while the first post is
-still open (SPEC §5.1 "never deliver the same row at the same time", §5.8 "a delivery
-round ends well inside its lease"); with Postgres another worker does so. When the first
-post finally times out, the beside thread marks the host hung (its circuit reopens though
-it answers) and records 'parked' for rows it no longer owns.
+``_lease_ends`` is an attribute of the loop that every run_round overwrites with ITS start +
+0.8 x lease. A beside thread (its destination's circuit was open when the round began) keeps
+posting after the round returned: its probe, then the rest of its batches up to the round's
+deadline (1/3 lease). Each later round moves ``_lease_ends`` on, so a batch the beside
+thread starts near that deadline may run until deadline + 0.8 lease = 1.13 lease after its
+rows were claimed: past their lease. The loop's next round then claims the same rows again
+(their lease is over) and posts them a second time while the first post is still open
+(promised: no row is delivered by two loops at the same time, and a round ends well inside
+its lease: docs/reliability.md#leases-and-scale-out); with Postgres another worker does so.
+When the first post finally times out, the beside thread marks the host hung (its circuit
+reopens though it answers) and records 'parked' for rows it no longer owns.
 
 Org A (region eu -> a TrickleServer), org B (us -> FakeSegment). DELIVERY_LEASE_SECONDS=15.
 A answers 503 until its circuit opens; then the probe trickles 200 over 4 s, the next

@@ -1,5 +1,5 @@
 """After a Segment outage the backlog resumes at each row's own backoff (up to 15 min), not
-"within seconds": there is no circuit breaker (SPEC §5.9).
+"within seconds": there is no circuit breaker (docs/reliability.md#circuit-breakers).
 
 In-process with a fake clock, default backoff settings (2 s doubling, 900 s ceiling):
 Segment answers 503 to everything for `--outage` minutes while 50 webhooks arrive, evenly

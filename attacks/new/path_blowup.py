@@ -1,6 +1,6 @@
 """Unauthenticated memory blow-up (and a 500) in the door's JSON checks.
 
-parse_json() runs before the token check (SPEC order) and, when the body has more than 32
+parse_json() runs before the token check (the documented order) and, when the body has more than 32
 brackets, walks it with too_deep(), which builds the path string of EVERY child eagerly:
 f"{path}[{index}]" copies the parent's path (here a 600 KB key) into each of the list's
 200,000 children: ~120 GB for a body under 1 MiB. lone_surrogate() does the same when the

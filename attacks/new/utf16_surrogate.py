@@ -6,7 +6,7 @@ parse_json() looks for a lone-surrogate escape with a regex on the raw BYTES
 interleaved with NULs, the regex never matches, lone_surrogate() is never run, and the
 string "\\ud83d" reaches code that encodes it: the dedupe key (message_id() encodes the
 identity as UTF-8) and the door's size check (payload.encode() for webhooks over 2,500
-characters) raise UnicodeEncodeError, which nothing catches -> 500 (issue 8 finding 4's
+characters) raise UnicodeEncodeError, which nothing catches -> 500 (oddbodies.py's
 "lone surrogate in new_meeting.eventId" 500, back by another door).
 
 Each case is sent as UTF-8 (control: 400 invalid_unicode) and as UTF-16-LE, UTF-16 (BOM)

@@ -1,5 +1,5 @@
-/* Drift's snippet as the seed prints it (0.3.1 stub), except that load() fetches the local
-   stand-in fake-drift-widget.js instead of js.driftt.com. Each page calls drift.load() itself. */
+/* Drift's snippet as Drift's documentation prints it (0.3.1 stub), except that load() fetches
+   the local stand-in fake-drift-widget.js instead of js.driftt.com. Each page calls drift.load() itself. */
 "use strict";
 !function () {
 var t = window.driftt = window.drift = window.driftt || [];

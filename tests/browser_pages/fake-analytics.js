@@ -31,7 +31,8 @@
       return analytics;
     };
   });
-  // `ready` only schedules the page's own code (the seed loads Drift in it): not a call to record.
+  // `ready` only schedules the page's own code (Drift's example loads Drift in it): not a call
+  // to record.
   analytics.ready = function (callback) {
     window.setTimeout(callback, 0);
     return analytics;

@@ -1,5 +1,5 @@
-/* Segment's snippet as the seed prints it (analytics.js 4.16.1 stub), except that load() fetches
-   the local stand-in fake-analytics.js instead of cdn.segment.com, and no page() call, so the
+/* Segment's snippet as Drift's documentation prints it (analytics.js 4.16.1 stub), except that
+   load() fetches the local stand-in fake-analytics.js instead of cdn.segment.com, and no page() call, so the
    recorded calls are the script's alone. */
 !function () {
 var analytics = window.analytics = window.analytics || []; if (!analytics.initialize) if (analytics.invoked) window.console && console.error && console.error("Segment snippet included twice."); else {
