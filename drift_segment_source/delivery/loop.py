@@ -94,6 +94,10 @@ class Delivery:
                            self.recorder.record, clock, self.stopping)
         self.housekeeping = Housekeeping(store, clock, settings, retention)
         self._lease_renewed_at = float("-inf")
+        # Keys of linking identifies handed to a lane and not recorded yet: another row of
+        # the same contact must not carry the link meanwhile (its job may still fail).
+        self._links_in_flight: set[bytes] = set()
+        self._links_lock = threading.Lock()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -246,6 +250,7 @@ class Delivery:
             answering = not self.breakers.is_open(breaker)
             job = self.lanes.submit(destination, rows, outcomes.for_rows(
                 [prepared.row.id for prepared in rows]), deadlines)
+            self.hold_links_until_recorded(job, rows)
             if answering:
                 waited.append(job)
         return waited
@@ -257,12 +262,28 @@ class Delivery:
         if not linking:
             return
         sent = self.store.known_keys({key for _, (key, _) in linking})
+        with self._links_lock:
+            sent |= self._links_in_flight
         for prepared, (key, message) in linking:
             if key in sent:
                 prepared.link = None
                 continue
             sent.add(key)
             prepared.messages.insert(0, message)
+
+    def hold_links_until_recorded(self, job: Future[None], rows: list[Prepared]) -> None:
+        """Mark the job's linking identifies as in flight until its outcome is recorded."""
+        keys = {prepared.link[0] for prepared in rows if prepared.link is not None}
+        if not keys:
+            return
+        with self._links_lock:
+            self._links_in_flight |= keys
+
+        def recorded(_: Future[None]) -> None:
+            with self._links_lock:
+                self._links_in_flight -= keys
+
+        job.add_done_callback(recorded)
 
     def log_dry_run(self, rows: list[Prepared]) -> None:
         """Dry-run: show each message that would have been sent."""
