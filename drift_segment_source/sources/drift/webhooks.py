@@ -17,6 +17,7 @@ from werkzeug.exceptions import ClientDisconnected
 from drift_segment_source import metrics
 from drift_segment_source.routing import current_routing
 from drift_segment_source.store.intake import take_in
+from drift_segment_source.store.refusals import DRIFT_MISSING, DRIFT_WRONG, Refusals
 from drift_segment_source.store.store import Store
 
 from .envelope import (
@@ -54,7 +55,10 @@ def receive() -> tuple[Response, int]:
         outcome = str(rejection.body["error"])
     label = metrics.type_label(event_type, known=event_type in TRANSLATORS)
     metrics.WEBHOOKS.labels(type=label, outcome=outcome).inc()
-    log.info(
+    # Refusals are logged at WARNING in aggregate (store/refusals.py): one line per request
+    # would let a flood of bad tokens fill the log.
+    log.log(
+        logging.DEBUG if status == 401 else logging.INFO,
         "webhook %s",
         outcome,
         extra={
@@ -111,7 +115,18 @@ def check_token(document: Any) -> None:
     if isinstance(document, dict):
         presented.append(document.get("token"))
     if not token_is_valid(presented, current_app.config["DRIFT_VERIFICATION_TOKEN"]):
+        given = any(isinstance(token, str) and token for token in presented)
+        count_refusal(DRIFT_WRONG if given else DRIFT_MISSING)
         raise Rejected(401, "unauthorized", "Missing or wrong Drift verification token.")
+
+
+def count_refusal(reason: str) -> None:
+    """Count a request refused for its token, for the health surfaces; never fails it."""
+    try:
+        refusals: Refusals = current_app.extensions["refusals"]
+        refusals.count(reason)
+    except Exception:  # a count is not worth a refused answer turning into a 500
+        log.debug("refusal not counted", exc_info=True)
 
 
 def store_webhook(envelope: Envelope) -> tuple[int, dict[str, Any], str]:
