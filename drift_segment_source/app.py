@@ -62,7 +62,6 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
         if reason is None:
             raise
         raise startup.StartupError(reason) from error
-    app.config["DATABASE_URL"] = database_url
     store = Store(engine, **({"clock": clock} if clock else {}))
     app.extensions["store"] = make_store(store, settings["STORE_FAULT"])
     app.extensions["refusals"] = Refusals(engine)

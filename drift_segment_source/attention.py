@@ -27,7 +27,7 @@ from .app_mode.secrets_box import SecretUnreadable
 from .delivery.breakers import segment_key
 from .routing import NEEDS_REINSTALL, NO_DRIFT_TOKEN, NO_WRITE_KEY, Routing
 from .store import tallies
-from .store.refusals import WHAT_HAPPENED, Refusals
+from .store.refusals import Refusals, refused
 from .store.store import Store
 
 log = logging.getLogger("drift_segment_source.attention")
@@ -141,8 +141,7 @@ class Attention:
             found.append(f"{plural(self.quarantined, 'payload')} quarantined (their data failed "
                          "its schema): see `drift-segment-source quarantine list`.")
         for reason, number in sorted(self.refused.items()):
-            found.append(f"{number} {WHAT_HAPPENED.get(reason, reason)} in the last hour: "
-                         f"{refusal_fix(reason)}.")
+            found.append(f"{refused(number, reason)} in the last hour: {refusal_fix(reason)}.")
         stalled = self.oldest_pending_age_seconds
         if stalled is not None and stalled > STALLED_SECONDS and not self.circuits:
             cause = ("their attempts fail: see Recent failures on /status" if self.retrying

@@ -38,11 +38,19 @@ DRIFT_WRONG = "drift_wrong_token"
 SEGMENT_MISSING = "segment_missing_signature"
 SEGMENT_WRONG = "segment_wrong_signature"
 WHAT_HAPPENED = {
-    DRIFT_WRONG: "Drift webhooks refused for a wrong verification token",
-    DRIFT_MISSING: "Drift webhooks refused for a missing verification token",
-    SEGMENT_WRONG: "Segment webhooks refused for a wrong signature",
-    SEGMENT_MISSING: "Segment webhooks refused for a missing signature",
+    DRIFT_WRONG: ("Drift", "a wrong verification token"),
+    DRIFT_MISSING: ("Drift", "a missing verification token"),
+    SEGMENT_WRONG: ("Segment", "a wrong signature"),
+    SEGMENT_MISSING: ("Segment", "a missing signature"),
 }
+
+
+def refused(number: int, reason: str) -> str:
+    """``40 Drift webhooks refused for a wrong verification token``."""
+    door, why = WHAT_HAPPENED.get(reason, ("", reason))
+    noun = "webhook" if number == 1 else "webhooks"
+    return f"{number} {door + ' ' if door else ''}{noun} refused for {why}"
+
 
 Clock = Callable[[], float]
 
@@ -100,9 +108,8 @@ class Refusals:
             for (_, reason), number in pending.items():
                 by_reason[reason] = by_reason.get(reason, 0) + number
             for reason, number in sorted(by_reason.items()):
-                log.warning("%d %s in the last %g s", number,
-                            WHAT_HAPPENED.get(reason, f"webhooks refused ({reason})"),
-                            self.flush_seconds, extra={"reason": reason, "refused": number})
+                log.warning("%s in the last %g s", refused(number, reason), self.flush_seconds,
+                            extra={"reason": reason, "refused": number})
             for key, number in pending.items():
                 unwritten[key] = unwritten.get(key, 0) + number
             try:
