@@ -138,7 +138,7 @@ class Attention:
                          "`drift-segment-source deadletters list`, fix the cause, then "
                          "`deadletters retry`.")
         if self.quarantined:
-            found.append(f"{plural(self.quarantined, 'payload')} quarantined (their data failed "
+            found.append(f"{plural(self.quarantined, 'payload')} quarantined (data that failed "
                          "its schema): see `drift-segment-source quarantine list`.")
         for reason, number in sorted(self.refused.items()):
             found.append(f"{refused(number, reason)} in the last hour: {refusal_fix(reason)}.")
