@@ -13,8 +13,9 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import config, logs
+from . import config, logs, startup
 from .app_mode.orgs import AppRouting
+from .attention import forget_stale_circuits
 from .clock import SYSTEM_CLOCK, Clock
 from .delivery.loop import Delivery
 from .delivery.settings import DeliverySettings, RetentionSettings
@@ -24,6 +25,7 @@ from .drift_api import DriftApi
 from .routing import NO_DRIFT_TOKEN, SelfHostedRouting
 from .store.db import default_database_url, make_engine
 from .store.faults import make_store
+from .store.refusals import Refusals
 from .store.store import Store
 
 log = logging.getLogger("drift_segment_source.app")
@@ -36,12 +38,11 @@ def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock =
                segment_transport: Transport | None = None) -> Flask:
     """Build the WSGI app; ``config_overrides`` replace environment settings, ``clock`` and
     ``segment_transport`` replace the host's clock and the HTTP transport (tests, drills)."""
-    app = Flask(__name__, instance_relative_config=True)
     settings = config.load_settings(overrides=config_overrides)
+    app = Flask(__name__, instance_path=config.instance_path(settings))
     app.config.update(settings)
-    problems = config.missing(settings)
     if config.app_mode(settings) and not settings.get("SECRET_KEY"):
-        raise config.ConfigError("app mode (DRIFT_CLIENT_ID/SECRET set) requires SECRET_KEY")
+        raise config.ConfigError(config.SECRET_KEY_MISSING)
     try:
         Stitching.from_settings(settings)
     except (ValueError, re.error) as error:
@@ -54,15 +55,22 @@ def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock =
     logs.configure(settings["LOG_LEVEL"])
     logs.REDACTOR.add_configured(config.secret_values(settings))
 
-    database_url = settings.get("DATABASE_URL") or default_database_url(app.instance_path)
+    try:
+        database_url = settings.get("DATABASE_URL") or default_database_url(app.instance_path)
+        engine = make_engine(database_url,
+                             connect_timeout=settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],
+                             statement_timeout=settings["DATABASE_STATEMENT_TIMEOUT_SECONDS"])
+    except Exception as error:
+        reason = startup.explain_database(error, settings)
+        if reason is None:
+            raise
+        raise startup.StartupError(reason) from error
     app.config["DATABASE_URL"] = database_url
-    engine = make_engine(database_url,
-                         connect_timeout=settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],
-                         statement_timeout=settings["DATABASE_STATEMENT_TIMEOUT_SECONDS"])
     store = Store(engine, clock)
     app.extensions["clock"] = clock
     app.extensions["segment_transport"] = segment_transport
     app.extensions["store"] = make_store(store, settings["STORE_FAULT"])
+    app.extensions["refusals"] = Refusals(engine, clock.wall)
     if config.app_mode(settings):
         app.extensions["routing"] = AppRouting.from_settings(settings, store)
     else:
@@ -85,11 +93,6 @@ def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock =
         app.register_blueprint(write_key.blueprint)
     register_request_ids(app)
     register_json_errors(app)
-
-    if config.dry_run(settings):
-        log.warning("DRY-RUN: SEGMENT_WRITE_KEY is not set; messages are logged, not sent")
-    for problem in problems:
-        log.warning("configuration incomplete: %s", problem)
     return app
 
 
@@ -137,6 +140,7 @@ def make_delivery(app: Flask) -> Delivery:
         clock=app.extensions["clock"],
         wakeup=app.extensions["delivery_wakeup"],
     )
+    forget_stale_circuits(app)
     if settings.get("DRIFT_ACCESS_TOKEN"):
         # Rows held for want of a Drift token can go now that there is one.
         store.release_held(NO_DRIFT_TOKEN)

@@ -37,6 +37,11 @@ def _token_list(raw: str) -> tuple[str, ...]:
     return tuple(token.strip() for token in raw.split(",") if token.strip())
 
 
+PARSED_AS: dict[Callable[[str], Any], str] = {
+    _text: "text", _integer: "a whole number", _number: "a number",
+    _flag: "true or false", _token_list: "a comma-separated list"}
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment variable: how to read it and what it means."""
@@ -94,8 +99,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Proxies in front (Heroku's router: 1) whose X-Forwarded-Proto/Host/For are "
             "trusted; 0 when clients reach gunicorn directly.", parse=_integer),
     Setting("DATABASE_URL", None,
-            "sqlite:///path or postgres://...; unset means a SQLite file in the instance folder.",
+            "sqlite:///path or postgres://...; unset means a SQLite file in INSTANCE_PATH.",
             secret=True),
+    Setting("INSTANCE_PATH", None,
+            "Folder of the default SQLite database; unset means ./instance of the current "
+            "directory (`config` and `doctor` print where it is)."),
     Setting("DATABASE_CONNECT_TIMEOUT_SECONDS", 5.0,
             "PostgreSQL: how long connecting may take (libpq counts whole seconds, at least "
             "2).", parse=_number),
@@ -183,8 +191,9 @@ def load_settings(
             continue
         try:
             values[setting.name] = setting.parse(raw)
-        except ValueError as error:
-            raise ConfigError(f"{setting.name}: {error}") from None
+        except ValueError:
+            raise ConfigError(f"{setting.name}={raw.strip()!r} is not {PARSED_AS[setting.parse]}: "
+                              f"fix or unset it ({setting.doc})") from None
     for name, value in (overrides or {}).items():
         declared = SETTINGS_BY_NAME.get(name)
         if declared is not None and isinstance(value, str) and declared.parse is not _text:
@@ -202,10 +211,26 @@ def missing(settings: Mapping[str, Any]) -> list[str]:
     """Names of settings the current mode needs that are unset, each with why."""
     problems = []
     if not settings.get("DRIFT_VERIFICATION_TOKEN"):
-        problems.append("DRIFT_VERIFICATION_TOKEN: required to accept webhooks (all get 401)")
+        problems.append("DRIFT_VERIFICATION_TOKEN is unset, so every webhook gets 401: set it "
+                        "to the verification token of your Drift app")
     if app_mode(settings) and not settings.get("SECRET_KEY"):
-        problems.append("SECRET_KEY: required in app mode (DRIFT_CLIENT_ID/SECRET are set)")
+        problems.append(SECRET_KEY_MISSING)
     return problems
+
+
+SECRET_KEY_MISSING = (
+    "SECRET_KEY is unset, and app mode (DRIFT_CLIENT_ID and DRIFT_CLIENT_SECRET are set) needs "
+    "it to sign sessions and encrypt tokens: set it to a long random value, e.g. the output of "
+    "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+
+
+def instance_path(settings: Mapping[str, Any]) -> str:
+    """The absolute instance folder: INSTANCE_PATH, or ./instance of the current directory.
+
+    Not Flask's default: installed with ``pip install .`` that is a folder inside the
+    virtualenv, where nobody looks for (or backs up) a database.
+    """
+    return os.path.abspath(settings.get("INSTANCE_PATH") or "instance")
 
 
 def dry_run(settings: Mapping[str, Any]) -> bool:

@@ -209,6 +209,14 @@ class DeadlineWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no typ
             loop.stop()
 
 
+def when_ready(server: Any) -> None:
+    """Once, in the master, when the port is bound: where the data lives, dry-run, and what
+    the configuration lacks (said here, not by every command that builds the app)."""
+    from .startup import announce
+
+    announce(_settings)
+
+
 def post_worker_init(worker: Any) -> None:
     """Start this worker's delivery thread, after fork, once the app is loaded."""
     if not _settings["DELIVERY_IN_WEB"]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hmac
-import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from . import config, metrics
-from .store.store import Store, StoreUnavailable
+from .attention import Attention, attention_of
+from .store.store import StoreUnavailable
 
 blueprint = Blueprint("health", __name__)
 
@@ -22,35 +22,40 @@ def healthz() -> Response:
 
 @blueprint.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Readiness: store reachable, configuration usable; details for operators."""
+    """Readiness: 200 while the service can take webhooks (store reachable, a verification
+    token set). The body says what needs a person (``warnings``, from ``attention.py``):
+    readiness is about taking traffic, so those never turn it into a 503."""
     settings: dict[str, Any] = current_app.config
-    store: Store = current_app.extensions["store"]
     checks: dict[str, Any] = {}
     problems = config.missing(settings)
     checks["config"] = {"ok": not problems, "missing": problems,
                         "dry_run": config.dry_run(settings),
                         "app_mode": config.app_mode(settings)}
+    attention: Attention | None = None
     try:
-        count, oldest = store.backlog()
-        checks["store"] = {"ok": True, "backlog": count,
-                           "oldest_pending_age_seconds":
-                               None if oldest is None else round(time.time() - oldest, 3)}
+        attention = attention_of(current_app)
+        checks["store"] = {"ok": True, "backlog": attention.backlog,
+                           "held": attention.held_count,
+                           "oldest_pending_age_seconds": attention.oldest_pending_age_seconds}
+        # Counts only: /readyz answers anyone, and a circuit's name can hold an org id.
+        opened = attention.counts()["open_circuits"]
+        checks["circuits"] = {"ok": True, "open": sum(opened.values()),
+                              "segment": opened["segment"], "drift_api": opened["drift_api"]}
     except StoreUnavailable as error:
         checks["store"] = {"ok": False, "error": str(error)}
     except Exception as error:  # any database error means "not ready", never a 500
         checks["store"] = {"ok": False, "error": type(error).__name__}
-    try:
-        # Delivery stops spending attempts on these until a probe succeeds (SPEC §5.9).
-        # Counts only: a breaker's name can hold an org id.
-        opened = store.open_breakers()
-        checks["circuits"] = {"ok": True, "open": len(opened),
-                              "segment": sum(key.startswith("segment:") for key in opened),
-                              "drift_api": sum(key.startswith("drift:") for key in opened)}
-    except Exception as error:  # reported by the store check above
-        checks["circuits"] = {"ok": False, "error": type(error).__name__}
     checks.update(current_app.extensions["routing"].readiness())
     ready = checks["store"]["ok"] and checks["config"]["ok"]
-    return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
+    warnings = list(problems)
+    if not checks["store"]["ok"]:
+        warnings.append(f"The store cannot be read ({checks['store']['error']}): webhooks get "
+                        "503 until it can; check DATABASE_URL and the database server.")
+    if attention is not None:
+        warnings += attention.warnings()
+    body = {"status": "ready" if ready else "not ready", "warnings": warnings,
+            "attention": None if attention is None else attention.counts(), "checks": checks}
+    return jsonify(body), 200 if ready else 503
 
 
 @blueprint.get("/metrics")

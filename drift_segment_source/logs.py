@@ -59,8 +59,13 @@ NAMED = re.compile(
     # letters, three times faster than trying every position.
     r"(?:bearer|basic)\s+(?P<credential>[a-z0-9\-._~+/]{8,}=*)"
     r"|(?:token|secret|passw(?:or)?d|write_?key|api_?key|authorization)"
-    r"(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?(?:(?:bearer|basic)\s+)?"
+    r"(?P<separator>(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?)(?:(?:bearer|basic)\s+)?"
     r"(?!(?:true|false|null)\b)(?P<value>[^\"'\s&,;}\\]{4,})")
+# Prose, not a secret: "DRIFT_VERIFICATION_TOKEN: required", "HTTP Basic authentication".
+# A plain word after a name and a colon (or after a scheme) is left as written; after ``=``
+# or inside quotes (``key=value``, JSON) a value is always a value. Secrets have digits or
+# mixed case, and the configured ones are redacted by value whatever their shape.
+PLAIN_WORD = re.compile(r"[A-Z]?[a-z]+[.!?):]*")
 # Secrets recognisable by themselves: Fernet tokens (version byte 0x80, then a timestamp:
 # the sealed form of every stored secret) and JWTs (base64url JSON header and payload).
 SHAPED = (
@@ -99,7 +104,12 @@ def redact_named(text: str, lowered: str) -> str:
     pieces = []
     end = 0
     for match in NAMED.finditer(lowered):
-        start = match.start(match.lastindex or 0)
+        group = "credential" if match.group("credential") is not None else "value"
+        start = match.start(group)
+        separator = match.group("separator") or ""
+        if ("=" not in separator and "\"" not in separator and "'" not in separator
+                and PLAIN_WORD.fullmatch(text, start, match.end())):
+            continue
         pieces += [text[end:start], REDACTED]
         end = match.end()
     return "".join([*pieces, text[end:]]) if pieces else text

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, Response, current_app, render_template
 
 from . import __version__, config
+from .attention import Attention, attention_of, for_people, shown_host
 from .sources.drift.translators import TRANSLATORS
-from .store.store import Store
 
 blueprint = Blueprint("pages", __name__)
 
@@ -36,19 +36,19 @@ def init_app(app: Flask) -> None:
 def landing() -> str:
     """What the service does and how it is doing; in app mode, the Install button."""
     settings = current_app.config
-    store: Store = current_app.extensions["store"]
     try:
-        waiting, oldest = store.backlog()
-        backlog: dict[str, Any] | None = {
-            "waiting": waiting,
-            "oldest_minutes": None if oldest is None else max(0, int(time.time() - oldest) // 60),
-        }
+        attention: Attention | None = attention_of(current_app)
     except Exception:  # the page still says what the service is when the store is down
-        backlog = None
+        attention = None
+    warnings = config.missing(settings) + (attention.warnings() if attention else [])
     return render_template(
         "index.html",
         dry_run=config.dry_run(settings),
-        backlog=backlog,
+        missing=config.missing(settings),
+        attention=attention,
+        warnings=warnings,
+        segment_host=shown_host(settings["SEGMENT_HOST"]),
+        for_people=for_people,
         events=sorted(TRANSLATORS),
     )
 

@@ -14,8 +14,9 @@ import statistics
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 
+from .attention import attention_of
 from .pages import message_page, no_store, secure_headers
 from .store.store import Store
 
@@ -64,8 +65,10 @@ def percentile(values: list[float], share: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[round(share * 100) - 1]
 
 
-def snapshot(store: Store) -> dict[str, Any]:
+def snapshot(app: Flask) -> dict[str, Any]:
     """Everything the status page shows, as plain data."""
+    store: Store = app.extensions["store"]
+    attention = attention_of(app)
     now = time.time()
     counts = store.counts()
     types = sorted({event_type for event_type, _ in counts})
@@ -83,24 +86,26 @@ def snapshot(store: Store) -> dict[str, Any]:
         "counts": {event_type: {state: counts.get((event_type, state), 0) for state in states}
                    for event_type in types},
         "states": states,
+        "warnings": attention.warnings(),
+        "attention": attention.details(),
         "backlog": {"waiting": waiting,
                     "oldest_age_seconds": None if oldest is None else round(now - oldest, 1),
-                    "held_by_reason": store.held_by_reason()},
+                    "held_by_reason": attention.counts()["held_by_reason"]},
         "latency_last_hour": {"deliveries": len(latencies),
                               "p50_seconds": percentile(latencies, 0.5),
                               "p95_seconds": percentile(latencies, 0.95)},
         "hours": hours,
         "dead_letters": store.dead_letters(10),
         "retrying": store.retrying(10),
-        "open_circuits": [{"destination": key, "open_seconds": round(now - since, 1)}
-                          for key, since in sorted(store.open_breakers().items())],
+        # Only destinations configured now: a circuit of an old SEGMENT_HOST is not news.
+        "open_circuits": attention.details()["open_circuits"],
     }
 
 
 @blueprint.get("/status")
 def status_page() -> Response:
     """The status page."""
-    data = snapshot(current_app.extensions["store"])
+    data = snapshot(current_app)
     peak = max([1] + [max(hour["received"], hour["delivered"]) for hour in data["hours"]])
     html = render_template("status.html", data=data, peak=peak, now=time.time())
     return no_store(Response(html))
@@ -109,7 +114,7 @@ def status_page() -> Response:
 @blueprint.get("/status.json")
 def status_json() -> Response:
     """The same figures for scripts."""
-    return no_store(jsonify(snapshot(current_app.extensions["store"])))
+    return no_store(jsonify(snapshot(current_app)))
 
 
 blueprint.after_request(secure_headers)

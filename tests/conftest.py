@@ -15,6 +15,7 @@ from flask import Flask
 
 from drift_segment_source import create_app
 
+from .browser import browser  # noqa: F401 (a fixture, shared by the page tests)
 from .fakes import FakeSegment
 from .postgres import temporary_server
 

@@ -2,18 +2,14 @@
 
 Landing page → Install → Drift's authorize page (loopback fake) → the write-key page →
 Drift's integration settings; then a webhook for that org reaches Segment (loopback fake)
-with the org's write key. Screenshots of each page go to ``test-artifacts/screenshots/``.
-
-Needs Debian's ``chromium`` and ``chromium-driver``; without them the test is skipped,
-unless ``REQUIRE_BROWSER=1`` (CI), where it fails.
+with the org's write key. Screenshots of each page go to ``test-artifacts/screenshots/``
+(the browser: ``browser.py``).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,51 +28,10 @@ from .app_mode import (
     events_by_write_key,
     webhook_file,
 )
-from .conftest import ROOT, AppFactory
+from .browser import screenshot
+from .conftest import AppFactory
 from .fake_drift import FakeDrift
 from .fakes import FakeSegment
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-
-
-def missing_browser() -> list[str]:
-    """What this machine lacks to drive a real browser."""
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package (pip install -e '.[test]')")
-    return missing
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    """A headless Chromium with a fresh profile, driven through chromedriver."""
-    missing = missing_browser()
-    if missing:
-        reason = f"no real browser here: missing {', '.join(missing)} " \
-                 "(apt-get install chromium chromium-driver; .ci/run does)"
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(f"REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run",
-                     "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
@@ -101,11 +56,6 @@ def served_app(make_app: AppFactory, drift: FakeDrift, segment: FakeSegment
     finally:
         server.shutdown()
         server.server_close()
-
-
-def screenshot(driver: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    assert driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
 
 def test_admin_installs_the_app_in_a_browser_and_events_use_the_org_key(

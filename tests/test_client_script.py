@@ -30,8 +30,8 @@ from werkzeug.serving import make_server
 
 from drift_segment_source import __version__, create_app
 
+from .browser import CHROMEDRIVER, CHROMIUM, SCREENSHOTS, missing_browser
 from .conftest import ROOT, TOKEN
-from .test_browser_install import CHROMEDRIVER, CHROMIUM, SCREENSHOTS, missing_browser
 
 SCRIPT = ROOT / "drift_segment_source" / "static" / "drift-segment.js"
 PAGES = Path(__file__).resolve().parent / "browser_pages"

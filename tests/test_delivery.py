@@ -15,6 +15,7 @@ from drift_segment_source.app import make_delivery
 from drift_segment_source.delivery.loop import Delivery
 from drift_segment_source.delivery.outcomes import RetryPolicy
 from drift_segment_source.sources.drift.translators import message_id
+from drift_segment_source.startup import announce
 
 from .conftest import DRIFT_API_URL, FIXTURES, WRITE_KEY, AppFactory, seen_now, webhook
 from .fakes import FakeSegment
@@ -108,10 +109,12 @@ def test_dry_run_logs_messages_and_sends_nothing(make_app: AppFactory, segment: 
 
 
 def test_dry_run_is_announced_loudly_at_start(make_app: AppFactory,
-                                              caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="drift_segment_source"):
-        make_app(SEGMENT_WRITE_KEY="")
-    assert any("DRY-RUN" in record.getMessage() for record in caplog.records)
+                                              capfd: pytest.CaptureFixture[str]) -> None:
+    app = make_app(SEGMENT_WRITE_KEY="")
+    capfd.readouterr()
+    announce(app.config)  # gunicorn's when_ready and `worker` say it once, at start
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    assert any(line["level"] == "WARNING" and "DRY-RUN" in line["message"] for line in lines)
 
 
 def test_segment_outage_reschedules_with_backoff_then_delivers(

@@ -33,6 +33,7 @@ def test_logs_are_json_lines_without_secrets_or_bodies(make_app: AppFactory,
                 content_type="application/json")
     segment.fail_next(1, status=500)
     make_delivery(app).run_round()
+    app.extensions["refusals"].flush()  # refusals are logged in aggregate, every few seconds
     # Even a careless log call is scrubbed by the redaction filter.
     logging.getLogger("drift_segment_source.test").warning(
         "oops %s %s %s", TOKEN, WRITE_KEY, DRIFT_TOKEN)
@@ -45,6 +46,11 @@ def test_logs_are_json_lines_without_secrets_or_bodies(make_app: AppFactory,
         assert secret not in output
     assert "[redacted] [redacted] [redacted]" in output
     webhook_lines = [record for record in records if record["name"].endswith("webhooks")]
+    # A refused token is not a line per request (a flood would fill the log) but a WARNING
+    # per reason with the count.
     assert {record["outcome"] for record in webhook_lines} == {
-        "accepted", "unauthorized", "invalid_data", "invalid_json"}
+        "accepted", "invalid_data", "invalid_json"}
     assert all(record["request_id"] for record in webhook_lines)
+    [refused] = [record for record in records if record["name"].endswith("refusals")]
+    assert (refused["level"], refused["reason"], refused["refused"]) == (
+        "WARNING", "drift_wrong_token", 1)

@@ -161,9 +161,23 @@ def test_sealed_secrets_are_redacted_by_their_fernet_shape() -> None:
     "no refresh token stored",
     "Drift refused the token; re-install the app",
     "token_expires_at=1714420800 and write_key_set=true",
+    "configuration incomplete: DRIFT_VERIFICATION_TOKEN: required to accept webhooks",
+    "SECRET_KEY: Required in app mode. Secret: none yet",
+    "the token: missing, so the password: unknown",
+    "HTTP Basic authentication or a Bearer credential",
 ])
 def test_what_is_not_a_secret_is_left_alone(text: str) -> None:
     assert line(text)["message"] == text
+
+
+@pytest.mark.parametrize("written, shown", [
+    ("token: required1", f"token: {REDACTED}"),  # a word with a digit is a value
+    ("token=required", f"token={REDACTED}"),  # after "=" always a value
+    ('{"token": "required"}', f'{{"token": "{REDACTED}"}}'),  # quoted: always a value
+    ("secret: OpenSesame", f"secret: {REDACTED}"),  # mixed case: not a word of prose
+])
+def test_prose_is_told_from_values_by_their_shape(written: str, shown: str) -> None:
+    assert line(written)["message"] == shown
 
 
 # -- by value ---------------------------------------------------------------------------------

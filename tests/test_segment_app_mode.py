@@ -42,8 +42,10 @@ def secret_on_setup_page(app: Flask, drift: FakeDrift, org_id: int) -> tuple[str
     client = app.test_client()
     install(client, drift, org_id)
     page = client.get("/setup").get_data(as_text=True)
-    url = re.search(r"<dt>Webhook URL</dt><dd><code>([^<]+)</code>", page)
-    secret = re.search(r"<dt>Shared secret</dt><dd><code>([^<]+)</code>", page)
+    url = re.search(r'Webhook URL</dt>\s*<dd><code class="value" id="segment-url">([^<]+)</code>',
+                    page)
+    secret = re.search(r'Shared secret</dt>\s*<dd><code class="value" id="segment-secret">'
+                       r"([^<]+)</code>", page)
     assert url and secret, page
     return url.group(1), secret.group(1)
 

@@ -9,6 +9,7 @@ with a :class:`Rejected` or the :class:`Taken` outcome of storing it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 from flask import current_app, request
 from werkzeug.exceptions import ClientDisconnected
 
+from drift_segment_source.store.refusals import Refusals
 from drift_segment_source.store.store import Unstorable
 
 JSON_TYPES = ("application/json",)
@@ -218,3 +220,13 @@ def read_body() -> bytes:
         raise Rejected(400, "unsupported_content_type",
                        f"Content-Type must be application/json, got {media_type or 'none'!r}.")
     return body
+
+
+def count_refusal(reason: str) -> None:
+    """Count a request refused for its token, for the health surfaces; never fails it."""
+    try:
+        refusals: Refusals = current_app.extensions["refusals"]
+        refusals.count(reason)
+    except Exception:  # a count is not worth a refused answer turning into a 500
+        logging.getLogger("drift_segment_source.webhooks").debug(
+            "refusal not counted", exc_info=True)

@@ -19,9 +19,11 @@ from drift_segment_source.sources.door import (
     Rejected,
     WalksNeeded,
     check_carriable,
+    count_refusal,
     parse_json,
     read_body,
 )
+from drift_segment_source.store.refusals import DRIFT_MISSING, DRIFT_WRONG
 from drift_segment_source.store.store import Store
 
 from .envelope import Envelope, read_envelope
@@ -31,6 +33,7 @@ from .verification import token_is_valid
 
 blueprint = Blueprint("webhooks", __name__)
 log = logging.getLogger("drift_segment_source.webhooks")
+
 
 @blueprint.post("/webhooks/drift")
 def receive() -> tuple[Response, int]:
@@ -50,7 +53,10 @@ def receive() -> tuple[Response, int]:
         outcome = str(rejection.body["error"])
     label = metrics.type_label(event_type, known=event_type in TRANSLATORS)
     metrics.WEBHOOKS.labels(type=label, outcome=outcome).inc()
-    log.info(
+    # Refusals are logged at WARNING in aggregate (store/refusals.py): one line per request
+    # would let a flood of bad tokens fill the log.
+    log.log(
+        logging.DEBUG if status == 401 else logging.INFO,
         "webhook %s",
         outcome,
         extra={
@@ -71,6 +77,8 @@ def check_token(document: Any) -> None:
     if isinstance(document, dict):
         presented.append(document.get("token"))
     if not token_is_valid(presented, current_app.config["DRIFT_VERIFICATION_TOKEN"]):
+        given = any(isinstance(token, str) and token for token in presented)
+        count_refusal(DRIFT_WRONG if given else DRIFT_MISSING)
         raise Rejected(401, "unauthorized", "Missing or wrong Drift verification token.")
 
 

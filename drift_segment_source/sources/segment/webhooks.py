@@ -43,11 +43,13 @@ from drift_segment_source.sources.door import (
     Taken,
     WalksNeeded,
     check_carriable,
+    count_refusal,
     parse_json,
     read_body,
     storage_rejection,
 )
 from drift_segment_source.sources.drift.translators import EVENT_PREFIX
+from drift_segment_source.store.refusals import SEGMENT_MISSING, SEGMENT_WRONG
 from drift_segment_source.store.store import Store, StoreUnavailable, Unstorable, storage_error
 
 from .translators import (
@@ -110,6 +112,9 @@ def answer(org_id: int, secrets: Sequence[str]) -> tuple[Response, int]:
     except Rejected as rejection:
         status, reply = rejection.status, rejection.body
         count(None, str(rejection.body["error"]))
+        if rejection.status == 401:
+            count_refusal(SEGMENT_WRONG if request.headers.get("X-Signature")
+                          else SEGMENT_MISSING)
     else:
         received_at = round(store.now(), 3)
         walks = WalksNeeded.of(body)
@@ -124,7 +129,8 @@ def answer(org_id: int, secrets: Sequence[str]) -> tuple[Response, int]:
             status, reply = rejection.status, rejection.body
     if "accepted" in (reply.get("status"), *reply.get("counts", {})):
         current_app.extensions["delivery_wakeup"].set()
-    log.info("segment webhook", extra={
+    # Refusals are logged at WARNING in aggregate (store/refusals.py), not one line each.
+    log.log(logging.DEBUG if status == 401 else logging.INFO, "segment webhook", extra={
         "org_id": org_id, "status": status, "outcome": reply.get("status") or reply.get("error"),
         "request_id": g.get("request_id"),
         "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
