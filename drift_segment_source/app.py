@@ -65,7 +65,6 @@ def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock =
         if reason is None:
             raise
         raise startup.StartupError(reason) from error
-    app.config["DATABASE_URL"] = database_url
     store = Store(engine, clock)
     app.extensions["clock"] = clock
     app.extensions["segment_transport"] = segment_transport

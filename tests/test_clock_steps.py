@@ -106,7 +106,8 @@ def test_a_process_started_while_the_clock_is_months_ahead_deletes_nothing_early
     host.wall += 100 * DAY
     # A restart now: the new process has nothing to tell it the clock is wrong but the store.
     app = make_app(SEGMENT_HOST=segment.url, CLOCK=host.clock(), DRIFT_ACCESS_TOKEN="",
-                   DATABASE_URL=first.config["DATABASE_URL"])
+                   DATABASE_URL=first.extensions["store"].engine.url.render_as_string(
+                       hide_password=False))
     make_delivery(app).housekeeping.prune()
     assert everything_kept(app) == {"dead": 1, "quarantined": 1, "held": 1}
     assert app.extensions["store"].dedupe_horizon() == 0.0
