@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config, logs
-from .app_mode.orgs import AppRouting
+from .app_mode.org_routing import AppRouting
 from .delivery.loop import Delivery
 from .delivery.stitching import Stitching
 from .destinations.segment import make_transport

@@ -464,7 +464,7 @@ def quarantine_retry(ids: tuple[int, ...], as_json: bool) -> None:
 
 def org_directory() -> OrgDirectory:
     """The directory of installed Drift orgs; only app mode has one."""
-    from .app_mode.orgs import AppRouting
+    from .app_mode.org_routing import AppRouting
 
     routing = load_app().extensions["routing"]
     if not isinstance(routing, AppRouting):
