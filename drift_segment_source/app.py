@@ -55,7 +55,8 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     clock = settings.get("CLOCK")
     engine = make_engine(database_url,
                          connect_timeout=settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],
-                         statement_timeout=settings["DATABASE_STATEMENT_TIMEOUT_SECONDS"])
+                         statement_timeout=settings["DATABASE_STATEMENT_TIMEOUT_SECONDS"],
+                         lock_timeout=settings["DATABASE_LOCK_TIMEOUT_SECONDS"])
     store = Store(engine, **({"clock": clock} if clock else {}))
     app.extensions["store"] = make_store(store, settings["STORE_FAULT"])
     if config.app_mode(settings):

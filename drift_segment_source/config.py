@@ -102,6 +102,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_STATEMENT_TIMEOUT_SECONDS", 30.0,
             "PostgreSQL: longest a statement may run before it is cancelled (0: no limit, "
             "e.g. for a long migration).", parse=_number),
+    Setting("DATABASE_LOCK_TIMEOUT_SECONDS", 5.0,
+            "SQLite: longest a write waits for another writer (another process's commit, a "
+            "stopped worker) before giving up; a webhook then gets 503 store_unavailable.",
+            parse=_number),
     Setting("SECRET_KEY", None,
             "Signs sessions and OAuth state, encrypts secrets at rest.", secret=True,
             required_in="app mode"),
