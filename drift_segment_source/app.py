@@ -38,6 +38,9 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     problems = config.missing(settings)
     if config.app_mode(settings) and not settings.get("SECRET_KEY"):
         raise config.ConfigError("app mode (DRIFT_CLIENT_ID/SECRET set) requires SECRET_KEY")
+    public_token = config.public_token_problem(settings)
+    if public_token:
+        raise config.ConfigError(public_token)
     try:
         Stitching.from_settings(settings)
     except (ValueError, re.error) as error:

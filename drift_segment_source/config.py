@@ -111,6 +111,9 @@ SETTINGS: tuple[Setting, ...] = (
             required_in="app mode"),
     Setting("ADMIN_TOKEN", None,
             "Bearer token for the status page and admin API; unset disables them.", secret=True),
+    Setting("BIND_HOST", "0.0.0.0",
+            "Address `serve` binds: every interface by default (Heroku's router needs it); "
+            "scripts/run binds 127.0.0.1 unless this is set."),
     Setting("PORT", 8000, "Port `serve` binds.", parse=_integer),
     Setting("WEB_CONCURRENCY", 2, "gunicorn worker processes.", parse=_integer),
     Setting("WEB_THREADS", 4, "Threads per gunicorn worker (gthread).", parse=_integer),
@@ -169,6 +172,10 @@ SETTINGS: tuple[Setting, ...] = (
 
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
+# Verification tokens anyone can know: earlier versions of scripts/run used this one and the
+# README showed it. It may guard a dry run on one's own machine, never real delivery.
+PUBLIC_TOKENS = frozenset({"local-dev-token"})
+
 
 class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
@@ -210,6 +217,17 @@ def missing(settings: Mapping[str, Any]) -> list[str]:
     if app_mode(settings) and not settings.get("SECRET_KEY"):
         problems.append("SECRET_KEY: required in app mode (DRIFT_CLIENT_ID/SECRET are set)")
     return problems
+
+
+def public_token_problem(settings: Mapping[str, Any]) -> str | None:
+    """Why the settings pair a public verification token with real delivery, if they do."""
+    public = sorted(set(settings.get("DRIFT_VERIFICATION_TOKEN") or ()) & PUBLIC_TOKENS)
+    if not public or dry_run(settings):
+        return None
+    return (f"DRIFT_VERIFICATION_TOKEN: {public[0]!r} is public, and with SEGMENT_WRITE_KEY "
+            "set (or in app mode) anyone could send events that go out with your write key. "
+            "Set your Drift app's own verification token, or unset it and scripts/run makes "
+            "a random one.")
 
 
 def dry_run(settings: Mapping[str, Any]) -> bool:
