@@ -280,3 +280,21 @@ def test_a_grant_made_after_the_clock_now_says_is_refused(
     assert is_refused(admin.get("/setup"))
     again = authorised(app, drift)
     assert again.get("/setup").status_code == 200
+
+
+def test_installs_at_the_same_moment_leave_one_grant(app: Flask, drift: FakeDrift) -> None:
+    install(app.test_client(), drift, ORG_A)  # the org's row exists, as after any callback
+    grants = app.extensions["routing"].grants
+    for _ in range(3):
+        start = threading.Barrier(6)
+
+        def issue(start: threading.Barrier = start) -> None:
+            start.wait(timeout=30)
+            grants.issue(ORG_A)
+
+        threads = [threading.Thread(target=issue) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert [org for _, org in grants_of(app)] == [ORG_A]

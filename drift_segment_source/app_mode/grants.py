@@ -23,7 +23,7 @@ from collections.abc import Callable
 from sqlalchemy import delete, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 
-from drift_segment_source.store.db import setup_grants
+from drift_segment_source.store.db import orgs, setup_grants
 
 # Long enough to find the write key in Segment and paste it; short enough that a copy of
 # the cookie left in a shared browser is soon worth nothing.
@@ -57,6 +57,10 @@ class SetupGrants:
         token = secrets.token_urlsafe(32)
         now = self.clock()
         with self.engine.begin() as connection:
+            # Two installs of one org at once take turns on its row (PostgreSQL; SQLite has
+            # one writer anyway), so the later one revokes the earlier one's grant.
+            connection.execute(select(orgs.c.org_id).where(orgs.c.org_id == org_id)
+                               .with_for_update())
             self._forget_expired(connection, now)
             revoke_all(connection, org_id)
             connection.execute(insert(setup_grants).values(
