@@ -172,7 +172,8 @@ class WriteLock:
     def __init__(self, path: str | None,
                  timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS) -> None:
         self.path = path
-        self.timeout = timeout
+        # Past TIMEOUT_MAX, threading refuses the wait itself.
+        self.timeout = min(timeout, threading.TIMEOUT_MAX)
         # flock does not queue threads of one process that share a descriptor.
         self._thread_lock = threading.Lock()
         self._file: IO[bytes] | None = None
