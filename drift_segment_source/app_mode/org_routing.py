@@ -82,7 +82,7 @@ class AppRouting:
         if not token:
             raise Held(NEEDS_REINSTALL, "no Drift token stored; re-install the app in the org")
         # Renewal is a network call: the Drift client makes it where the lookup runs, off
-        # the delivery round (SPEC §5.8).
+        # the delivery round, so a slow refresh holds up no other row.
         return Credentials(token, refresh=functools.partial(self._renew, org_id, token),
                            renew_first=self.directory.expiring(secrets.token_expires_at))
 
