@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config, logs, startup
-from .app_mode.orgs import AppRouting
+from .app_mode.org_routing import AppRouting
 from .attention import forget_stale_circuits
 from .clock import SYSTEM_CLOCK, Clock
 from .delivery.loop import Delivery
@@ -43,6 +43,9 @@ def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock =
     app.config.update(settings)
     if config.app_mode(settings) and not settings.get("SECRET_KEY"):
         raise config.ConfigError(config.SECRET_KEY_MISSING)
+    public_token = config.public_token_problem(settings)
+    if public_token:
+        raise config.ConfigError(public_token)
     try:
         Stitching.from_settings(settings)
     except (ValueError, re.error) as error:
@@ -59,7 +62,8 @@ def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock =
         database_url = settings.get("DATABASE_URL") or default_database_url(app.instance_path)
         engine = make_engine(database_url,
                              connect_timeout=settings["DATABASE_CONNECT_TIMEOUT_SECONDS"],
-                             statement_timeout=settings["DATABASE_STATEMENT_TIMEOUT_SECONDS"])
+                             statement_timeout=settings["DATABASE_STATEMENT_TIMEOUT_SECONDS"],
+                             lock_timeout=settings["DATABASE_LOCK_TIMEOUT_SECONDS"])
     except Exception as error:
         reason = startup.explain_database(error, settings)
         if reason is None:

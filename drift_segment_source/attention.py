@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 from flask import Flask
 
 from . import config
-from .app_mode.orgs import ACTIVE, AppRouting
+from .app_mode.org_routing import AppRouting
+from .app_mode.orgs import ACTIVE
 from .app_mode.secrets_box import SecretUnreadable
 from .delivery.breakers import segment_key
 from .routing import NEEDS_REINSTALL, NO_DRIFT_TOKEN, NO_WRITE_KEY, Routing

@@ -110,11 +110,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_STATEMENT_TIMEOUT_SECONDS", 30.0,
             "PostgreSQL: longest a statement may run before it is cancelled (0: no limit, "
             "e.g. for a long migration).", parse=_number),
+    Setting("DATABASE_LOCK_TIMEOUT_SECONDS", 5.0,
+            "SQLite: longest a write waits for another writer (another process's commit, a "
+            "stopped worker) before giving up; a webhook then gets 503 store_unavailable.",
+            parse=_number),
     Setting("SECRET_KEY", None,
             "Signs sessions and OAuth state, encrypts secrets at rest.", secret=True,
             required_in="app mode"),
     Setting("ADMIN_TOKEN", None,
             "Bearer token for the status page and admin API; unset disables them.", secret=True),
+    Setting("BIND_HOST", "0.0.0.0",
+            "Address `serve` binds: every interface by default (Heroku's router needs it); "
+            "scripts/run binds 127.0.0.1 unless this is set."),
     Setting("PORT", 8000, "Port `serve` binds.", parse=_integer),
     Setting("WEB_CONCURRENCY", 2, "gunicorn worker processes.", parse=_integer),
     Setting("WEB_THREADS", 4, "Threads per gunicorn worker (gthread).", parse=_integer),
@@ -172,6 +179,10 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+# Verification tokens anyone can know: earlier versions of scripts/run used this one and the
+# README showed it. It may guard a dry run on one's own machine, never real delivery.
+PUBLIC_TOKENS = frozenset({"local-dev-token"})
 
 
 class ConfigError(ValueError):
@@ -231,6 +242,15 @@ def instance_path(settings: Mapping[str, Any]) -> str:
     virtualenv, where nobody looks for (or backs up) a database.
     """
     return os.path.abspath(settings.get("INSTANCE_PATH") or "instance")
+def public_token_problem(settings: Mapping[str, Any]) -> str | None:
+    """Why the settings pair a public verification token with real delivery, if they do."""
+    public = sorted(set(settings.get("DRIFT_VERIFICATION_TOKEN") or ()) & PUBLIC_TOKENS)
+    if not public or dry_run(settings):
+        return None
+    return (f"DRIFT_VERIFICATION_TOKEN: {public[0]!r} is public, and with SEGMENT_WRITE_KEY "
+            "set (or in app mode) anyone could send events that go out with your write key. "
+            "Set your Drift app's own verification token, or unset it and scripts/run makes "
+            "a random one.")
 
 
 def dry_run(settings: Mapping[str, Any]) -> bool:

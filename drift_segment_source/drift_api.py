@@ -19,11 +19,15 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from . import __version__, metrics
+from .logs import REDACTOR
 
 # A conversation's contact never changes; its status does, so a push reads a fresh copy
 # within a few minutes at most.
 CACHE_SECONDS = 300
 CACHE_SIZE = 10_000
+# What Drift says about a refused write goes into the row's reason (a dead letter, the
+# status page): enough to act on, never a whole body.
+SAID_MAX_CHARACTERS = 300
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,49 @@ def seconds(header: str) -> float | None:
     except ValueError:
         return None
     return value if value is not None and value >= 0 else None
+
+
+def what_drift_said(response: requests.Response) -> str | None:
+    """Drift's own words in a refusal's body (``error.message``, ``message``, ``errors[]``…),
+    redacted as log lines are and cut to SAID_MAX_CHARACTERS; None when it said nothing."""
+    said: str | None = None
+    if "json" in response.headers.get("Content-Type", ""):
+        try:
+            said = message_in(response.json())
+        except (ValueError, RecursionError):
+            said = None
+    elif response.headers.get("Content-Type", "").startswith("text/plain"):
+        said = response.text
+    if not said:
+        return None
+    # One line of printable text: the reason is shown on pages and in logs.
+    said = " ".join("".join(char if char.isprintable() else " " for char in said).split())
+    said = REDACTOR.scrub(said[:4096])
+    if len(said) > SAID_MAX_CHARACTERS:
+        said = said[:SAID_MAX_CHARACTERS - 1].rstrip() + "…"
+    return said or None
+
+
+def message_in(body: Any) -> str | None:
+    """The message of a JSON error body, in the shapes APIs use."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, dict):
+        found = error.get("message") or error.get("type")
+        if isinstance(found, str):
+            return found
+    if isinstance(error, str):
+        return error
+    for name in ("message", "error_description", "detail"):
+        if isinstance(body.get(name), str):
+            return str(body[name])
+    errors = body.get("errors")
+    if isinstance(errors, list):
+        messages = [item if isinstance(item, str) else item.get("message")
+                    for item in errors if isinstance(item, str | dict)]
+        return "; ".join(message for message in messages if isinstance(message, str)) or None
+    return None
 
 
 class DriftApi:
@@ -182,8 +229,12 @@ class DriftApi:
 
     def contact_by_external_id(self, external_id: str, credentials: Credentials
                                ) -> dict[str, Any] | None:
-        """The contact whose externalId is ``external_id``
-        (``GET /contacts?idType=external&id=…``), or None when Drift has none."""
+        """The contact whose externalId is exactly ``external_id``
+        (``GET /contacts?idType=external&id=…``), or None when Drift has none.
+
+        Drift's search may answer contacts whose externalId only looks alike (another case):
+        they are not this user's, so writing to one would give one user's traits to another.
+        """
         query = urlencode({"idType": "external", "id": external_id})
         try:
             body = self._get(f"/contacts?{query}", "contacts_by_external_id", credentials)
@@ -196,12 +247,11 @@ class DriftApi:
         contacts = [found] if isinstance(found, dict) else found
         if not isinstance(contacts, list):
             raise DriftApiError(200, "contact answer has no data", retryable=True)
-        with_id = [contact for contact in contacts
-                   if isinstance(contact, dict) and contact.get("id") is not None]
-        exact = [contact for contact in with_id
-                 if (contact.get("attributes") or {}).get("externalId") == external_id]
-        chosen = exact or with_id
-        return chosen[0] if chosen else None
+        exact = [contact for contact in contacts
+                 if isinstance(contact, dict) and contact.get("id") is not None
+                 and isinstance(contact.get("attributes"), dict)
+                 and contact["attributes"].get("externalId") == external_id]
+        return exact[0] if exact else None
 
     def update_contact(self, contact_id: int | str, attributes: dict[str, Any],
                        credentials: Credentials) -> Any:
@@ -262,7 +312,10 @@ class DriftApi:
             raise DriftApiError(status, response.reason or "", retryable=True,
                                 retry_after=seconds(response.headers.get("Retry-After", "")))
         if status >= 400:
-            raise DriftApiError(status, response.reason or "", retryable=False)
+            said = what_drift_said(response)
+            reason = response.reason or ""
+            raise DriftApiError(status, f"{reason}: {said}" if said else reason,
+                                retryable=False)
         try:
             return response.json()
         except (ValueError, RecursionError):

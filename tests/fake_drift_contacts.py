@@ -12,9 +12,11 @@ It keeps contacts by id, and finds them by externalId and by email:
   404 for a contact it does not know (how Drift answers that is not documented)
 
 Every call is recorded in ``calls`` with the fake's answer. It can fail on purpose:
-``fail_next(n, status, retry_after)``, ``fail_every(n, status, retry_after)`` (every n-th
-call), and be slow (``delay`` seconds before each answer). Only ``Bearer <token>`` is let in
-(or the tokens ``authorised`` accepts).
+``fail_next(n, status, retry_after, answer)``, ``fail_every(n, status, retry_after, answer)``
+(every n-th call), and be slow (``delay`` seconds before each answer). Only ``Bearer <token>`` is
+let in (or the tokens ``authorised`` accepts). With ``case_insensitive_search`` set, the
+externalId search matches regardless of case, as a search index may (creating a contact still
+needs an externalId no contact has exactly).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class FakeDriftContacts:
         self._fail_status = 429
         self._retry_after: str | None = None
         self.failures = 0
+        self.case_insensitive_search = False
+        self._fail_answer: dict[str, Any] | None = None
         self._lock = threading.Lock()
         fake = self
 
@@ -97,15 +101,19 @@ class FakeDriftContacts:
         with self._lock:
             self.contacts[int(contact["id"])] = json.loads(json.dumps(contact))
 
-    def fail_next(self, count: int, status: int = 429, retry_after: str | None = None) -> None:
+    def fail_next(self, count: int, status: int = 429, retry_after: str | None = None,
+                  answer: dict[str, Any] | None = None) -> None:
         with self._lock:
             self._fail_remaining, self._fail_status = count, status
             self._retry_after = retry_after
+            self._fail_answer = answer
 
-    def fail_every(self, every: int, status: int = 429, retry_after: str | None = None) -> None:
+    def fail_every(self, every: int, status: int = 429, retry_after: str | None = None,
+                   answer: dict[str, Any] | None = None) -> None:
         with self._lock:
             self._fail_every, self._fail_status = every, status
             self._retry_after = retry_after
+            self._fail_answer = answer
 
     def by_external_id(self, external_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -132,7 +140,8 @@ class FakeDriftContacts:
             if failing:
                 self._fail_remaining = max(0, self._fail_remaining - 1)
                 self.failures += 1
-                status, answer = self._fail_status, {"error": {"type": "told_to_fail"}}
+                status = self._fail_status
+                answer = self._fail_answer or {"error": {"type": "told_to_fail"}}
                 if self._retry_after is not None:
                     headers["Retry-After"] = self._retry_after
             elif not self.authorised(
@@ -162,7 +171,7 @@ class FakeDriftContacts:
             return 404, {"error": {"type": "not_found"}}
         if method == "GET" and len(parts) == 1:
             if query.get("idType") == "external":
-                return 200, {"data": self._all("externalId", query.get("id"))}
+                return 200, {"data": self._search_external_id(query.get("id"))}
             return 200, {"data": self._all("email", query.get("email"))}
         if method == "POST" and parts[1:] == ["timeline"]:
             return self._timeline(body)
@@ -177,6 +186,13 @@ class FakeDriftContacts:
             if method == "PATCH":
                 return self._patch(contact, body)
         return 404, {"error": {"type": "not_found"}}
+
+    def _search_external_id(self, external_id: str | None) -> list[dict[str, Any]]:
+        if not self.case_insensitive_search or external_id is None:
+            return self._all("externalId", external_id)
+        wanted = external_id.casefold()
+        return [contact for contact in self.contacts.values()
+                if str(contact["attributes"].get("externalId", "")).casefold() == wanted]
 
     def _find(self, attribute: str, value: Any) -> dict[str, Any] | None:
         found = self._all(attribute, value)

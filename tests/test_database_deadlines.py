@@ -58,8 +58,8 @@ def test_every_connection_of_the_service_carries_the_configured_timeouts(
     app = make_app(DATABASE_STATEMENT_TIMEOUT_SECONDS=1.5)
     engine = app.extensions["store"].engine
     if not database_url.startswith("postgresql"):
-        with engine.connect() as db:  # SQLite waits for another writer at most 30 s
-            assert db.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        with engine.connect() as db:  # DATABASE_LOCK_TIMEOUT_SECONDS, 5 s by default
+            assert db.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
         return
     with engine.connect() as db:
         assert db.exec_driver_sql("SHOW statement_timeout").scalar() == "1500ms"

@@ -87,11 +87,18 @@ def test_a_message_signed_with_the_orgs_secret_is_stored_for_that_org(
     assert [tuple(row) for row in stored] == [(ORG_A, "segment:track")]
 
 
-@pytest.mark.parametrize("path", ["/webhooks/segment/999", "/webhooks/segment",
-                                  "/webhooks/segment/99999999999999999999"])
-def test_no_org_no_secret_no_endpoint(app: Flask, drift: FakeDrift, path: str) -> None:
+def test_the_self_hosted_endpoint_is_off_in_app_mode(app: Flask, drift: FakeDrift) -> None:
     _, secret = secret_on_setup_page(app, drift, ORG_A)
-    assert post(app, path, secret)[0] == 404
+    assert post(app, "/webhooks/segment", secret)[0] == 404
+
+
+@pytest.mark.parametrize("path", ["/webhooks/segment/999",
+                                  "/webhooks/segment/99999999999999999999"])
+def test_an_org_without_a_secret_takes_no_signature(app: Flask, drift: FakeDrift,
+                                                     path: str) -> None:
+    # Answered as an installed org answers a wrong signature (test_org_endpoint_answers_alike).
+    _, secret = secret_on_setup_page(app, drift, ORG_A)
+    assert post(app, path, secret)[0] == 401
 
 
 def test_reinstalling_keeps_the_secret(app: Flask, drift: FakeDrift) -> None:

@@ -4,7 +4,9 @@ API calls (docs/segment-to-drift.md) against a stateful fake Drift on 127.0.0.1.
 Cases are data: ``fixtures/segment/<type>/<case>.json`` (the Segment message, as Segment's
 Webhooks destination sends it) beside ``<case>.drift.json``: ``contacts`` the fake Drift
 holds before, ``calls`` the requests the service must make, in order, each with the fake's
-answer. Select with ``-k``, e.g. ``pytest tests/test_segment_fixtures.py -k group``.
+answer, and optionally ``externalIdSearch: "case_insensitive"`` (Drift's search matches
+externalIds regardless of case). Select with ``-k``, e.g.
+``pytest tests/test_segment_fixtures.py -k group``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def test_fixture_makes_its_exact_drift_calls(case: Path, make_app: AppFactory, f
     expected = json.loads(case.with_name(case.stem + ".drift.json").read_text())
     for contact in expected["contacts"]:
         drift.add_contact(contact)
+    drift.case_insensitive_search = expected.get("externalIdSearch") == "case_insensitive"
     app = make_app(CLOCK=fixed_clock, SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url)
     body = case.read_bytes()
 

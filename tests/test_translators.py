@@ -83,7 +83,9 @@ def test_epoch_milliseconds_become_exact_aware_utc(millis: int) -> None:
     assert message["timestamp"].endswith(f".{millis % 1000:03d}+00:00")
 
 
-@pytest.mark.parametrize("value", [1714419312, 1714419312.5, -5, 10**15, True, "1714419312425"])
+# The digits of epoch ms as a string are that time (test_input_shapes.py); their seconds are not.
+@pytest.mark.parametrize("value", [1714419312, 1714419312.5, -5, 10**15, True, "1714419312",
+                                   "2024-04-29T19:35:12.425"])
 def test_event_times_that_are_not_epoch_milliseconds_are_refused(value: Any) -> None:
     with pytest.raises(ValidationError) as error:
         TRANSLATORS["new_conversation"].validate({**seed("new_conversation"), "createdAt": value})

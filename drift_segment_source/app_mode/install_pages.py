@@ -14,7 +14,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from drift_segment_source.pages import message_page
 
-from .orgs import AppRouting
+from .org_routing import AppRouting
 
 log = logging.getLogger("drift_segment_source.oauth")
 

@@ -2,8 +2,9 @@
 
 The ``state`` sent to Drift is signed and expires, and it carries a nonce that is also kept
 in this browser's session and used once: a forged, stale, replayed or foreign state is
-refused. After the code exchange the session is bound to the org that just authorised, and
-only that org's write key can be set from it (``write_key.py``).
+refused. After the code exchange the browser gets a setup grant for the org that just
+authorised (``grants.py``: kept in the store, its token in the session), and only that org's
+write key can be set with it, once (``write_key.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -127,10 +127,12 @@ def callback() -> PageAnswer:
             502, "Drift could not be reached",
             "Drift did not answer as expected while finishing the install. Nothing was "
             "saved; please try again in a minute.", START_AGAIN)
-    app_routing().directory.save_tokens(org_id, grant)
+    routing = app_routing()
+    routing.directory.save_tokens(org_id, grant)
     log.info("org authorised the app", extra={"org_id": org_id})
     session.clear()
-    session.update(org_id=org_id, csrf=secrets.token_urlsafe(32), authorised_at=time.time())
+    # The session names no org: the grant (revoking the org's earlier ones) does, server-side.
+    session.update(setup_grant=routing.grants.issue(org_id), csrf=secrets.token_urlsafe(32))
     return redirect(url_for("write_key.form"), 303)
 
 

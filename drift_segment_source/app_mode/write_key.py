@@ -1,7 +1,8 @@
 """The write-key page: the org that just authorised the app saves its Segment write key.
 
-Only the session bound at the OAuth callback can use it, for that org only, for an hour;
-the form carries a session-bound CSRF token. The key is checked before it is saved: an
+Only the browser given a setup grant at the OAuth callback can use it, for that org only,
+until the key is saved, the org installs again or the grant expires (``grants.py``); the
+form carries a session-bound CSRF token. The key is checked before it is saved: an
 empty batch (it creates no event) is posted with it to the region's host, and a key Segment
 refuses is a form error; when Segment cannot answer, the key is saved and the next page says
 it could not be checked. Saving releases the org's held webhooks and sends the admin back to
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import time
 from dataclasses import dataclass
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
@@ -33,7 +33,6 @@ WRITE_KEY_FORMAT = re.compile(r"[A-Za-z0-9]{20,64}")
 # The page names each region by Segment's own host for it, which admins find in Segment's
 # documentation; messages go to the host the operator configured for it (orgs.py).
 REGION_NAMES = {"us": "United States", "eu": "European Union"}
-SETUP_SECONDS = 3600
 # Segment answers an empty batch in milliseconds; an admin should not wait long for a host
 # that does not answer, since the key is saved anyway.
 CHECK_TIMEOUT_SECONDS = 5
@@ -62,24 +61,22 @@ def check_write_key(write_key: str, host: str) -> KeyCheck:
     return KeyCheck()
 
 
-def bound_org() -> int | None:
-    """The org this session authorised within the last hour, if any."""
-    org_id, authorised_at = session.get("org_id"), session.get("authorised_at")
-    if not isinstance(org_id, int) or not isinstance(authorised_at, int | float):
-        return None
-    return org_id if time.time() - authorised_at < SETUP_SECONDS else None
+def session_ended() -> tuple[str, int]:
+    """The page for a browser whose setup grant is gone (or never was)."""
+    return message_page(
+        403, "Your setup session has ended",
+        "The write key can only be set right after authorising the app in Drift, from the "
+        "same browser. Install again to continue; your settings are kept.", START_AGAIN)
 
 
 @blueprint.route("/setup", methods=["GET", "POST"])
 def form() -> PageAnswer:
     """Show the form (GET) or save the write key (POST)."""
-    org_id = bound_org()
-    org = app_routing().directory.get(org_id) if org_id is not None else None
+    routing = app_routing()
+    org_id = routing.grants.org_of(session.get("setup_grant"))
+    org = routing.directory.get(org_id) if org_id is not None else None
     if org is None:
-        return message_page(
-            403, "Your setup session has ended",
-            "The write key can only be set right after authorising the app in Drift, from the "
-            "same browser. Install again to continue; your settings are kept.", START_AGAIN)
+        return session_ended()
     if request.method == "GET":
         return render(org)
     submitted, expected = request.form.get("csrf_token", ""), session.get("csrf")
@@ -99,7 +96,7 @@ def form() -> PageAnswer:
         errors["region"] = "Choose where your Segment workspace is hosted."
     if errors:
         return render(org, errors, region, 422)
-    directory = app_routing().directory
+    directory = routing.directory
     check = check_write_key(write_key, directory.hosts[region])
     if check.refused is not None:
         log.info("Segment refused an org's write key",
@@ -107,10 +104,15 @@ def form() -> PageAnswer:
         errors["write_key"] = (f"Segment refused this write key (HTTP {check.refused}). Copy "
                                "it again from your source's settings, and check the region.")
         return render(org, errors, region, 422)
+    # Only the request that uses the grant up saves: a copy of this browser's cookie posted
+    # at the same time (or later) finds it gone.
+    if not routing.grants.use(session.get("setup_grant"), org.org_id):
+        session.clear()
+        return session_ended()
     directory.save_write_key(org.org_id, write_key, region)
     log.info("org saved its Segment write key", extra={
         "org_id": org.org_id, "region": region, "unchecked": check.unchecked})
-    # Done: changing the key again takes a new install, so this session can do no more.
+    # Done: changing the key again takes a new install (the grant is gone, server-side).
     session.clear()
     settings_url = current_app.config["DRIFT_SETTINGS_URL"]
     if check.unchecked is not None:

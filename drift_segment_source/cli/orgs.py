@@ -54,7 +54,7 @@ def backfill(since: datetime, until: datetime | None, org_id: int) -> None:
 
 def org_directory() -> OrgDirectory:
     """The directory of installed Drift orgs; only app mode has one."""
-    from ..app_mode.orgs import AppRouting
+    from ..app_mode.org_routing import AppRouting
 
     routing = load_app().extensions["routing"]
     if not isinstance(routing, AppRouting):

@@ -1,6 +1,6 @@
 """The Drift edge of the Segment → Drift direction: Drift actions applied with the REST API.
 
-- ``Upsert`` (identify, group): the contact is found by externalId
+- ``Upsert`` (identify, group): the contact is found by its exact externalId
   (``GET /contacts?idType=external&id=…``, remembered briefly) and its attributes set with
   ``PATCH /contacts/{id}``; when Drift has none and the action carries an email, it is
   created with ``POST /contacts`` (email, externalId and the attributes).

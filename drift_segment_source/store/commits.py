@@ -4,7 +4,8 @@ Three pieces, each for one measured cost (bench/results/profiles):
 
 - ``GroupCommit``: concurrent requests share one transaction, so one fsync covers many.
 - ``WriteLock``: SQLite writers of all processes queue on a file lock instead of SQLite's
-  busy handler, which polls with sleeps of up to 100 ms.
+  busy handler, which polls with sleeps of up to 100 ms; the wait is bounded
+  (DATABASE_LOCK_TIMEOUT_SECONDS), then the write fails with StoreUnavailable (a 503).
 - ``WebhookInserter``: the insert itself runs fixed SQL on a DB-API connection kept for
   it, with no statement building, compiling, pool checkout or reset per request (and, on
   PostgreSQL, as a server-side prepared statement after a few runs).
@@ -16,21 +17,31 @@ outcome of the commit that held its row, and a row the database refuses fails al
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import IO, Any
 
 from sqlalchemy.engine import Engine
+
+log = logging.getLogger("drift_segment_source.store")
 
 # Column order of the rows handed to WebhookInserter.
 WEBHOOK_COLUMNS = ("org_id", "event_type", "dedupe_key", "payload", "received_at", "queued_at",
                    "state", "hold_reason", "attempts", "next_attempt_at")
 # Rows per INSERT statement: well under SQLite's limit of bound variables.
 ROWS_PER_STATEMENT = 500
+# How long a SQLite writer waits for the write lock when the engine does not say (an engine
+# not made by db.make_engine): the sqlite3 driver's own default busy timeout.
+DEFAULT_LOCK_TIMEOUT_SECONDS = 5.0
+# SQLite's result code for "another connection holds the lock" (busy timeout ran out); its
+# extended codes keep it in the low byte.
+SQLITE_BUSY = 5
 
 
 def chunks(rows: Sequence[tuple[Any, ...]]) -> Iterator[Sequence[tuple[Any, ...]]]:
@@ -45,6 +56,12 @@ class StoreUnavailable(RuntimeError):
 
 class Unstorable(ValueError):
     """The database refused this row's values (the database itself is fine)."""
+
+
+def busy(error: BaseException) -> bool:
+    """The database error is SQLite's "another connection holds the lock"."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == SQLITE_BUSY
 
 
 def digest_of(dedupe_key: str) -> bytes:
@@ -70,6 +87,10 @@ class GroupCommit:
     its own row and the rows of every caller that arrived while this process waited for
     another writer (the other web workers, the delivery loop) or for its previous commit.
     Every caller returns only after the commit that holds its row.
+
+    When ``hold`` gives up (the write lock was not free within its bound), every row queued
+    by then fails with it: each of those callers has waited no longer than the one that gave
+    up, so no caller waits more than about one bound, however many are queued.
     """
 
     def __init__(self, insert: Callable[[list[tuple[Any, ...]]], list[int | None]],
@@ -90,10 +111,17 @@ class GroupCommit:
             self._queue.append(waiting)
         with self._commit_lock:
             if not waiting.done:
-                with self._hold():
-                    with self._queue_lock:
-                        batch, self._queue = self._queue, []
-                    self._commit(batch)
+                with ExitStack() as holding:
+                    try:
+                        holding.enter_context(self._hold())
+                    except StoreUnavailable as error:
+                        with self._queue_lock:
+                            batch, self._queue = self._queue, []
+                        self._settle(batch, error)
+                    else:
+                        with self._queue_lock:
+                            batch, self._queue = self._queue, []
+                        self._commit(batch)
         if waiting.error is not None:
             raise waiting.error
         if not waiting.done:  # cannot happen: _commit settles every row it took
@@ -127,40 +155,112 @@ class GroupCommit:
 
 
 class WriteLock:
-    """One SQLite writer at a time across threads and processes, by a blocking file lock.
+    """One SQLite writer at a time across threads and processes, by a file lock, waited for
+    at most ``timeout`` seconds; then StoreUnavailable.
 
-    A flock queue wakes the next writer as soon as the lock is free. PostgreSQL needs none
-    of this: its writers do not block each other on whole-database locks.
+    A flock queue wakes the next writer as soon as the lock is free, but a blocking flock has
+    no timeout and cannot be interrupted from another thread. So a writer first tries the
+    lock without blocking; when another process holds it, a helper thread blocks in flock and
+    hands the lock to the writer if the writer is still waiting when it comes, or lets it go
+    at once if the writer gave up. While the helper has waited longer than ``timeout`` (the
+    holder is stopped or hung), writers are refused at once instead of each waiting the whole
+    bound, so request threads stay free (``/healthz`` answers) until the holder lets go.
+    PostgreSQL needs none of this: its writers do not block each other on whole-database
+    locks, and its statement timeout bounds what they do wait for.
     """
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None,
+                 timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS) -> None:
         self.path = path
+        # Past TIMEOUT_MAX, threading refuses the wait itself.
+        self.timeout = min(timeout, threading.TIMEOUT_MAX)
         # flock does not queue threads of one process that share a descriptor.
         self._thread_lock = threading.Lock()
         self._file: IO[bytes] | None = None
         self._pid = 0
+        # The helper's state, guarded by _handover: when it started waiting in flock (None:
+        # not waiting), whether it holds the lock for a writer, and whether one is waiting.
+        self._handover = threading.Condition()
+        self._helper_since: float | None = None
+        self._handed = False
+        self._writer_waiting = False
 
     @classmethod
     def for_engine(cls, engine: Engine) -> WriteLock:
-        """A lock beside the SQLite file, or a no-op lock for other databases."""
+        """A lock beside the SQLite file, waited for as long as SQLite's own busy timeout
+        (the URL's ``timeout``), or a no-op lock for other databases."""
         database = engine.url.database
         if engine.dialect.name != "sqlite" or not database or database == ":memory:":
             return cls(None)
-        return cls(database + ".write-lock")
+        timeout = engine.url.query.get("timeout")
+        return cls(database + ".write-lock",
+                   float(timeout) if isinstance(timeout, str) else DEFAULT_LOCK_TIMEOUT_SECONDS)
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        """Hold the lock for the duration of the block."""
+        """Hold the lock for the duration of the block; StoreUnavailable when it is not free
+        within ``timeout``."""
         if self.path is None:
             yield
             return
-        with self._thread_lock:
+        deadline = time.monotonic() + self.timeout
+        if not self._thread_lock.acquire(timeout=max(0.0, self.timeout)):
+            raise self._unavailable()
+        try:
             lock_file = self._open()
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            self._take(lock_file, deadline)
             try:
                 yield
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _take(self, lock_file: IO[bytes], deadline: float) -> None:
+        """Take the file lock by ``deadline`` (the caller holds _thread_lock)."""
+        with self._handover:
+            if self._helper_since is None and not self._handed:
+                try:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    self._helper_since = time.monotonic()
+                    threading.Thread(target=self._wait_in_flock, args=(lock_file,),
+                                     name="write-lock-wait", daemon=True).start()
+            elif (self._helper_since is not None
+                  and time.monotonic() - self._helper_since > self.timeout):
+                raise self._unavailable()
+            self._writer_waiting = True
+            try:
+                while not self._handed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise self._unavailable()
+                    self._handover.wait(remaining)
+                self._handed = False
+            finally:
+                self._writer_waiting = False
+
+    def _wait_in_flock(self, lock_file: IO[bytes]) -> None:
+        """The helper: block until the other process lets go, then hand the lock over."""
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        except OSError:
+            log.exception("waiting for the SQLite write lock failed")
+            with self._handover:
+                self._helper_since = None
+            return
+        with self._handover:
+            self._helper_since = None
+            if self._writer_waiting:
+                self._handed = True
+                self._handover.notify()
+            else:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _unavailable(self) -> StoreUnavailable:
+        return StoreUnavailable(f"the SQLite write lock was not free within {self.timeout:g} s "
+                                "(DATABASE_LOCK_TIMEOUT_SECONDS)")
 
     def _open(self) -> IO[bytes]:
         # Opened once per process (a descriptor inherited across fork would share the
@@ -170,6 +270,8 @@ class WriteLock:
             self._file = open(self.path, "ab")  # noqa: SIM115 (closed by the finalizer)
             self._pid = os.getpid()
             weakref.finalize(self, self._file.close)
+            # A helper of the parent process did not survive the fork.
+            self._helper_since, self._handed, self._writer_waiting = None, False, False
         return self._file
 
 
@@ -209,7 +311,8 @@ class WebhookInserter:
                 raise Unstorable(type(error).__name__) from None
             except self._errors as error:
                 self._discard()
-                if attempt == 2:
+                # SQLite's busy timeout ran out: trying again would wait the bound twice.
+                if attempt == 2 or busy(error):
                     raise StoreUnavailable(type(error).__name__) from None
             except (ValueError, TypeError, OverflowError) as error:
                 # The driver could not bind a value (e.g. text that is not valid Unicode).

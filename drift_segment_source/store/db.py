@@ -185,15 +185,19 @@ def default_database_url(instance_path: str) -> str:
 
 
 def make_engine(url: str, *, connect_timeout: float = 5.0, statement_timeout: float = 30.0,
-                **options: Any) -> Engine:
+                lock_timeout: float = 5.0, **options: Any) -> Engine:
     """An engine for ``url`` tuned for this workload (WAL on SQLite, pre-ping on Postgres)
     with deadlines: on PostgreSQL, ``connect_timeout`` and ``statement_timeout`` (seconds,
-    0: none); SQLite waits for another writer at most 30 s (its busy timeout)."""
+    0: none); on SQLite a write waits for another writer at most ``lock_timeout``
+    (DATABASE_LOCK_TIMEOUT_SECONDS)."""
     url = normalise_database_url(url)
     if url.startswith("sqlite"):
+        # SQLite's busy timeout travels in the URL (``?timeout=``, read by the driver), where
+        # the store's write lock (commits.WriteLock.for_engine) reads the same bound.
+        sqlite_url = make_url(url).update_query_dict({"timeout": f"{lock_timeout:g}"})
         engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            sqlite_url,
+            connect_args={"check_same_thread": False},
             hide_parameters=True,
             **options,
         )
@@ -219,9 +223,9 @@ def make_engine(url: str, *, connect_timeout: float = 5.0, statement_timeout: fl
 def _tune_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
     # WAL lets the web workers write while the delivery loop reads; synchronous=FULL makes a
     # commit survive power loss, which is the promise behind "200 only after it is stored".
-    # busy_timeout waits for another process's write instead of failing at once.
+    # The busy timeout (waiting for another process's write instead of failing at once, but
+    # not for ever) is the driver's ``timeout``, set from the URL in make_engine.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()

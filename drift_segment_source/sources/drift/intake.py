@@ -81,6 +81,8 @@ def store_event(translator: Translator, envelope: Envelope, store: Store, routin
     too_large = oversize(translator, envelope, data, received_at)
     if too_large:
         invalid(store, envelope, {"data": [too_large]}, keep_invalid)
+    if stored_as_sent_before(translator, envelope, data, store, received_at):
+        return Taken("duplicate")
     try:
         key = dedupe_key(envelope.org_id, envelope.event_type,
                          translator.identity(data, receipt_ms(received_at)))
@@ -97,6 +99,18 @@ def store_event(translator: Translator, envelope: Envelope, store: Store, routin
     if stored_id is None:
         return Taken("duplicate")
     return Taken("accepted", stored_id)
+
+
+def stored_as_sent_before(translator: Translator, envelope: Envelope, data: dict[str, Any],
+                          store: Store, received_at: float) -> bool:
+    """The event, sent with numeric-string ids, was stored by a version that made its dedupe
+    key of the ids as sent (before ``"123"`` and ``123`` were one event)."""
+    received_ms = receipt_ms(received_at)
+    as_sent = list(translator.identity_as_sent(data, received_ms))
+    if as_sent == list(translator.identity(data, received_ms)):
+        return False  # ids sent as numbers: the key never changed
+    earlier = dedupe_key(envelope.org_id, envelope.event_type, as_sent)
+    return bool(store.known_keys([digest_of(earlier)]))
 
 
 def invalid(store: Store, envelope: Envelope, errors: Any, keep: bool) -> Any:

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets as random_secrets
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import NotFound
 
 from drift_segment_source import config, metrics
-from drift_segment_source.app_mode.orgs import AppRouting
+from drift_segment_source.app_mode.org_routing import AppRouting
 from drift_segment_source.destinations.segment import INTEGRATION
 from drift_segment_source.routing import current_routing
 from drift_segment_source.sources.door import (
@@ -91,10 +92,14 @@ def receive_for_org(org_id: int) -> tuple[Response, int]:
     """Answer one request of an installed org's Webhooks destination (app mode), signed
     with the secret shown on that org's setup page."""
     routing = current_routing()
-    secret = (routing.segment_secret(org_id)
-              if isinstance(routing, AppRouting) and 0 < org_id < 2**63 else None)
+    if not isinstance(routing, AppRouting):
+        raise NotFound("Segment → Drift per org is an app-mode endpoint.")
+    secret = routing.segment_secret(org_id) if 0 < org_id < 2**63 else None
     if secret is None:
-        raise NotFound("No Drift organisation with a Segment → Drift secret has this id.")
+        # An org that never installed (or has no secret) is checked against a secret nobody
+        # holds: every request fails where an installed org's unsigned request fails, with
+        # the same answer, so probing ids tells nobody which orgs use this service.
+        secret = random_secrets.token_hex(32)
     return answer(org_id, (secret,))
 
 

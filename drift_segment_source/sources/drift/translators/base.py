@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from marshmallow import Schema
 
-from .fields import FlattenedSchema, flatten_nested_data
+from .fields import FlattenedSchema, Spellings, flatten_nested_data
 
 EVENT_PREFIX = "Drift Source Event: "
 # The JSON messageIds are hashed from. One encoder built once: json.dumps with these options
@@ -86,6 +86,23 @@ class Translator:
     # When the event happened, as its identity knows it (epoch ms): the event's dedupe key
     # can be no older, which is what the dedupe horizon is checked against (SPEC §5.10).
     anchor_time: Callable[[Data], int | None] = no_time
+    # Where the schema keeps ids and times (fields.Spellings), and the identity as the
+    # module wrote it, over ids as sent (what dedupe keys were made of before ids were read
+    # as numbers); both set from the above.
+    spellings: Spellings = field(init=False)
+    identity_as_sent: Identity = field(init=False)
+
+    def __post_init__(self) -> None:
+        spellings = Spellings.of(self.schema)
+        as_sent = self.identity
+
+        def identity(data: Data, received_ms: int) -> Iterable[Any]:
+            # "123" and 123 are one Drift event: the same messageIds and dedupe key.
+            return as_sent(spellings.canonical_ids(data), received_ms)
+
+        object.__setattr__(self, "spellings", spellings)
+        object.__setattr__(self, "identity_as_sent", as_sent)
+        object.__setattr__(self, "identity", identity)
 
     def validate(self, data: Mapping[str, Any]) -> Data:
         """Load ``data`` with the schema; raises marshmallow's ValidationError."""
@@ -97,12 +114,13 @@ class Translator:
 
         Delivery translates stored webhooks, which passed ``validate`` when they arrived;
         running marshmallow again took a third of delivery's CPU. Translators only read the
-        fields they name, so the only shape to restore is ``data.data`` flattening. A test
-        holds every translator to ``translate(reshape(d)) == translate(validate(d))``.
+        fields they name, so the only shapes to restore are ``data.data`` flattening and times
+        sent as strings (validation reads them as epoch ms). A test holds every translator to
+        ``translate(reshape(d)) == translate(validate(d))``.
         """
         if isinstance(self.schema, FlattenedSchema):
-            return flatten_nested_data(data)
-        return dict(data)
+            data = flatten_nested_data(data)
+        return self.spellings.numeric_times(data)
 
 
 class NeedsConversation(LookupError):

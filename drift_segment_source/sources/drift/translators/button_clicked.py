@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import ValidationError, fields, validates
 
 from .base import Conversation, Data, Draft, Translator, pick, time_of
-from .fields import DriftId, DriftSchema, EventTime, Integer, Numeric
+from .fields import DriftId, DriftSchema, EventTime, Numeric, OrgId
 
 LOCATION_FIELDS = ("city", "country", "countryName", "latitude", "longitude", "postalCode",
                    "region")
@@ -40,7 +40,7 @@ class ButtonClickedData(DriftSchema):
     conversationId = DriftId(required=True)
     createdAt = EventTime(allow_none=True)
     context = fields.Nested(MessageContext, allow_none=True)
-    orgId = Integer(allow_none=True)
+    orgId = OrgId(allow_none=True)
 
     @validates("author")
     def _author_is_the_contact(self, author: Data, **kwargs: object) -> None:

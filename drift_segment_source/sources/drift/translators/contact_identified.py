@@ -13,7 +13,7 @@ from typing import Any
 from marshmallow import ValidationError, fields, validates_schema
 
 from .base import ContactFacts, Conversation, Data, Draft, Translator, pick, time_of
-from .fields import DriftId, DriftSchema, EventTime, Integer
+from .fields import DriftId, DriftSchema, EventTime, TimeProperty
 
 TRAITS = ("email", "name", "phone", "externalId")
 
@@ -28,7 +28,7 @@ class ContactAttributes(DriftSchema):
 class ContactIdentifiedData(ContactAttributes):
     id = DriftId(allow_none=True)
     endUserId = DriftId(allow_none=True)
-    createdAt = Integer(allow_none=True)
+    createdAt = TimeProperty(allow_none=True)
     timestamp = EventTime(allow_none=True)
     attributes = fields.Nested(ContactAttributes, allow_none=True)
 

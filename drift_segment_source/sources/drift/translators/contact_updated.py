@@ -14,7 +14,7 @@ from typing import Any
 from marshmallow import ValidationError, fields
 
 from .base import ContactFacts, Conversation, Data, Draft, Translator, time_of
-from .fields import AnyJson, DriftId, DriftSchema, EventTime, Integer
+from .fields import AnyJson, DriftId, DriftSchema, EventTime, OrgId
 
 ATTRIBUTE_PREFIX = "attributes."
 CHANGE_FIELDS = ("name", "previous", "updated")
@@ -44,7 +44,7 @@ class Change(DriftSchema):
 class ContactUpdatedData(DriftSchema):
     endUserId = DriftId(required=True)
     timestamp = EventTime(allow_none=True)
-    orgId = Integer(allow_none=True)
+    orgId = OrgId(allow_none=True)
     diff = fields.List(fields.Nested(Change), required=True)
 
 

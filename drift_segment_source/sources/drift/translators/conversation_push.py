@@ -10,7 +10,7 @@ from __future__ import annotations
 from marshmallow import fields
 
 from .base import Conversation, Data, Draft, Translator, pick, time_of
-from .fields import DriftId, EventTime, FlattenedSchema, IdList, Integer
+from .fields import DriftId, EventTime, FlattenedSchema, IdList, TimeProperty
 
 PUSH_FIELDS = ("conversationId", "pushedAt", "source", "userId")
 CONVERSATION_FIELDS = ("contactId", "createdAt", "id", "inboxId", "participants",
@@ -25,13 +25,13 @@ class ConversationPushData(FlattenedSchema):
     source = fields.String(allow_none=True)
     userId = DriftId(allow_none=True)
     contactId = DriftId(allow_none=True)
-    createdAt = Integer(allow_none=True)
+    createdAt = TimeProperty(allow_none=True)
     id = DriftId(allow_none=True)
     inboxId = DriftId(allow_none=True)
     participants = IdList(allow_none=True)
     relatedPlaybookId = DriftId(allow_none=True)
     status = fields.String(allow_none=True)
-    updatedAt = Integer(allow_none=True)
+    updatedAt = TimeProperty(allow_none=True)
 
 
 def conversation_needed(data: Data) -> int | str | None:

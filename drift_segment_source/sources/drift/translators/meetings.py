@@ -11,7 +11,7 @@ from typing import Any
 from marshmallow import ValidationError, fields, validates_schema
 
 from .base import Conversation, Data, Draft, Translator, pick, time_of
-from .fields import Boolean, DriftId, DriftSchema, EventTime, Integer
+from .fields import Boolean, DriftId, DriftSchema, EventTime, OrgId, TimeProperty
 
 
 class MeetingData(DriftSchema):
@@ -25,14 +25,14 @@ class MeetingData(DriftSchema):
     isPrivate = Boolean(allow_none=True)
     isRecurring = Boolean(allow_none=True)
     meetingSource = fields.String(allow_none=True)
-    orgId = Integer(allow_none=True)
+    orgId = OrgId(allow_none=True)
     scheduledAt = EventTime(allow_none=True)
     schedulerId = DriftId(allow_none=True)
-    slotEnd = Integer(allow_none=True)
-    slotStart = Integer(allow_none=True)
+    slotEnd = TimeProperty(allow_none=True)
+    slotStart = TimeProperty(allow_none=True)
     slug = fields.String(allow_none=True)
     status = fields.String(allow_none=True)
-    updatedAt = Integer(allow_none=True)
+    updatedAt = TimeProperty(allow_none=True)
 
     @validates_schema
     def _names_a_contact(self, data: Data, **kwargs: Any) -> None:

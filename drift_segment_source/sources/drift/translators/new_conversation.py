@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import fields
 
 from .base import Conversation, Data, Draft, Translator, pick, time_of
-from .fields import DriftId, DriftSchema, EventTime, Integer
+from .fields import DriftId, DriftSchema, EventTime, TimeProperty
 
 PROPERTIES = ("contactId", "createdAt", "id", "inboxId", "relatedPlaybookId", "status",
               "updatedAt")
@@ -18,7 +18,7 @@ class NewConversationData(DriftSchema):
     inboxId = DriftId(allow_none=True)
     relatedPlaybookId = DriftId(allow_none=True)
     status = fields.String(allow_none=True)
-    updatedAt = Integer(allow_none=True)
+    updatedAt = TimeProperty(allow_none=True)
 
 
 def build(data: Data, conversation: Conversation | None) -> list[Draft]:
