@@ -33,8 +33,8 @@ from .app_mode import (
     webhook_file,
 )
 from .conftest import ROOT, AppFactory
-from .fake_drift import FakeDrift
-from .fakes import FakeSegment
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -13,7 +13,7 @@ from drift_segment_source.app import make_delivery
 from drift_segment_source.cli import main
 
 from .conftest import FIXTURES, TOKEN, WRITE_KEY, AppFactory, webhook
-from .fakes import FakeSegment
+from .support.fake_segment import FakeSegment
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_quarantine_list_and_retry_after_a_fix(env: str, make_app: AppFactory,
 
 
 def test_replay_posts_fixture_payloads_to_a_running_service(tmp_path: Path) -> None:
-    from .service import Service
+    from .support.service import Service
 
     service = Service("serve", {"DATABASE_URL": f"sqlite:///{tmp_path / 's.sqlite3'}",
                                 "DELIVERY_IN_WEB": "false"}, tmp_path / "service.log")

@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from .conftest import FIXTURES, WRITE_KEY
-from .fakes import FakeSegment
-from .service import Service
+from .support.fake_segment import FakeSegment
+from .support.service import Service
 
 pytestmark = pytest.mark.slow
 

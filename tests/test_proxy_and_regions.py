@@ -40,9 +40,9 @@ from .app_mode import (
     webhook_file,
 )
 from .conftest import AppFactory
-from .fake_drift import FakeDrift
-from .fakes import FakeSegment
-from .service import Service
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
+from .support.service import Service
 
 NEW_CONVERSATION = "Drift Source Event: new_conversation"
 ROUTER_HEADERS = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "relay.example.com",

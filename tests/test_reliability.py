@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from .conftest import WRITE_KEY
-from .fakes import FakeSegment
 from .reliability import (
     distinct_webhooks,
     expected_message_id,
@@ -24,7 +23,8 @@ from .reliability import (
     save_report,
     states,
 )
-from .service import Service
+from .support.fake_segment import FakeSegment
+from .support.service import Service
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from .conftest import FIXTURES, TOKEN, AppFactory
-from .service import Service
+from .support.service import Service
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,10 @@ import requests
 from sqlalchemy import create_engine, text
 
 from .conftest import TOKEN, webhook
-from .fakes import FakeDriftApi, FakeSegment
 from .reliability import distinct_webhooks, post_concurrently, save_report, states
-from .service import Service
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
+from .support.service import Service
 from .test_reliability import service_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def lookup_webhooks(count: int) -> list[dict[str, object]]:
 
 def test_a_slow_drift_api_holds_up_nothing_and_sigterm_ends_in_time(
         database_url: str, segment: FakeSegment, tmp_path: Path) -> None:
-    with FakeDriftApi() as drift:
+    with FakeDrift() as drift:
         for n in range(5):
             drift.conversations[str(9_000 + n)] = {"id": 9_000 + n, "contactId": 77_000 + n}
             drift.delay[str(9_000 + n)] = SLOW_SECONDS
