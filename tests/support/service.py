@@ -3,13 +3,11 @@ other command, in its own process group, logging to a file, stopped by its PID.
 
 Only the settings a test passes reach it: the test runner's own ``DRIFT_*``, ``SEGMENT_*``,
 ``DELIVERY_*``... variables are left out. ``checkout`` runs another checkout's package
-(``PYTHONPATH``); ``faketime`` runs the service with its wall clock moved (libfaketime);
-``memory_mb`` bounds the memory of each of its processes.
+(``PYTHONPATH``); ``memory_mb`` bounds the memory of each of its processes.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import resource
 import signal
@@ -28,7 +26,7 @@ from .webhooks import TOKEN
 SERVICE_SETTINGS = ("DRIFT_", "SEGMENT_", "DELIVERY_", "DATABASE_", "WEB_", "STORE_",
                     "RETENTION_", "DEDUPE_", "HELD_", "DEAD_LETTER_", "QUARANTINE_", "MAX_BODY",
                     "ADMIN_", "METRICS_TOKEN", "IDENTITY_", "STITCHING_", "PUBLIC_URL",
-                    "SECRET_KEY", "TRUSTED_PROXIES", "REQUEST_READ_", "FAKETIME", "LD_PRELOAD")
+                    "SECRET_KEY", "TRUSTED_PROXIES", "REQUEST_READ_")
 NOT_INHERITED = ("PYTHONPATH", "PORT", "LOG_LEVEL", "PROMETHEUS_MULTIPROC_DIR")
 
 
@@ -42,27 +40,13 @@ def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.05) 
     return condition()
 
 
-def libfaketime() -> str:
-    """The multi-threaded libfaketime library (Debian's ``faketime`` package)."""
-    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
-    if not found:
-        raise RuntimeError("libfaketime is not installed (apt-get install faketime; "
-                           ".ci/run does)")
-    return found[0]
-
-
-def environment(env: dict[str, str], checkout: str | None = None,
-                faketime: str | None = None) -> dict[str, str]:
+def environment(env: dict[str, str], checkout: str | None = None) -> dict[str, str]:
     """The child's environment: the runner's, less the service's settings, plus ``env``."""
     inherited = {key: value for key, value in os.environ.items()
                  if not key.startswith(SERVICE_SETTINGS) and key not in NOT_INHERITED}
     full = {**inherited, "DRIFT_VERIFICATION_TOKEN": TOKEN, "LOG_LEVEL": "INFO", **env}
     if checkout is not None:
         full["PYTHONPATH"] = checkout
-    if faketime is not None:
-        # Only the wall clock moves: durations and deadlines stay true.
-        full.update(LD_PRELOAD=libfaketime(), FAKETIME=faketime,
-                    FAKETIME_DONT_FAKE_MONOTONIC="1", FAKETIME_DONT_RESET="1")
     return full
 
 
@@ -78,14 +62,13 @@ class Service:
     """A ``drift-segment-source`` command in its own process group, logs to a file."""
 
     def __init__(self, command: str, env: dict[str, str], log_path: Path, *args: str,
-                 checkout: str | None = None, faketime: str | None = None,
-                 memory_mb: int | None = None) -> None:
+                 checkout: str | None = None, memory_mb: int | None = None) -> None:
         self.port = int(env.get("PORT") or free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.stop_seconds: float | None = None
         self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
-        full = environment({"PORT": str(self.port), **env}, checkout, faketime)
+        full = environment({"PORT": str(self.port), **env}, checkout)
         # The service makes its own metrics folder; never the test runner's.
         limit = None if memory_mb is None else memory_mb * 2**20
 
@@ -171,9 +154,8 @@ class Service:
 
 
 def run_command(env: dict[str, str], *args: str, timeout: float = 120,
-                checkout: str | None = None, faketime: str | None = None,
-                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+                checkout: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run a ``drift-segment-source`` command to its end; its exit code and output."""
     return subprocess.run(command_line(args[0], args[1:], checkout),
-                          env=environment(env, checkout, faketime), capture_output=True,
+                          env=environment(env, checkout), capture_output=True,
                           text=True, timeout=timeout, cwd=cwd, start_new_session=True)

@@ -95,7 +95,7 @@ def test_no_message_leaves_without_a_real_contact_id(service: Service,
     wait_for(lambda: row in dead_reasons(service), 10, step=0.2)
     assert [message for message in module_segment.messages
             if str(message.get("anonymousId")) in NOT_IDS
-            or ("userId" in message and str(message["userId"]) in NOT_IDS)] == []
+            or (message.get("userId") is not None and str(message["userId"]) in NOT_IDS)] == []
     assert not [message for message in module_segment.messages
                 if (message.get("properties") or {}).get("conversationId") == 9002]
 
