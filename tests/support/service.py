@@ -154,7 +154,8 @@ class Service:
 
 
 def run_command(env: dict[str, str], *args: str, timeout: float = 120,
-                checkout: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+                checkout: str | None = None,
+                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run a ``drift-segment-source`` command to its end; its exit code and output."""
     return subprocess.run(command_line(args[0], args[1:], checkout),
                           env=environment(env, checkout), capture_output=True,

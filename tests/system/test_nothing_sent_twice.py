@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from ..support.fake_drift import FakeDrift
 from ..support.fake_segment import FakeSegment
-from ..support.service import Service, run_command, wait_for
+from ..support.service import run_command, wait_for
 from ..support.webhooks import (
     ORG,
     SECRET,
