@@ -24,9 +24,8 @@ from sqlalchemy import text
 
 from drift_segment_source.app import make_delivery
 
-from .conftest import AppFactory
+from .conftest import ROOT, AppFactory
 from .live_server import serving
-from .reliability import save_report
 from .support.fake_drift import FakeDrift
 from .support.webhooks import DRIFT_TOKEN, SECRET, headers, received, stringify
 
@@ -93,6 +92,14 @@ def post_all(url: str, messages: list[dict[str, Any]]) -> Counter[str]:
         for statuses in pool.map(send, requests_to_send):
             answers.update(statuses)
     return answers
+
+
+def save_report(name: str, report: dict[str, Any]) -> None:
+    """Keep the figures as a test artefact (test-artifacts/<name>.json) and print them."""
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / f"{name}.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    print(f"\n{name}: {json.dumps(report, sort_keys=True)}")
 
 
 def delivered(store: Any) -> int:
