@@ -6,7 +6,6 @@ drops), none lost (see docs/delivery.md)."""
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 
 from ..support.fake_segment import FakeSegment
