@@ -50,8 +50,7 @@ class _Plan:
     fail_forever: bool = False
     fail_status: int = 503
     retry_after: str | None = None
-    trickle_remaining: int = 0
-    trickle_seconds: float = 0.0
+    trickles: list[float] = field(default_factory=list)
     refused_ids: set[str] = field(default_factory=set)
     refused_markers: list[bytes] = field(default_factory=list)
     refused_keys: dict[str, int] = field(default_factory=dict)
@@ -158,8 +157,12 @@ class FakeSegment:
 
     def trickle_next(self, count: int, seconds: float) -> None:
         """Trickle the next ``count`` answers over ``seconds``, one byte every half second."""
+        self.trickle_each(*[seconds] * count)
+
+    def trickle_each(self, *seconds: float) -> None:
+        """Trickle the next answers, one over each of ``seconds``."""
         with self._lock:
-            self._plan.trickle_remaining, self._plan.trickle_seconds = count, seconds
+            self._plan.trickles = list(seconds)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -204,9 +207,8 @@ class FakeSegment:
         with self._lock:
             status, answer = self._answer(request.path, request.headers, body, post.started)
             trickle = 0.0
-            if self._plan.trickle_remaining > 0 and status == 200:
-                self._plan.trickle_remaining -= 1
-                trickle = self._plan.trickle_seconds
+            if self._plan.trickles and status == 200:
+                trickle = self._plan.trickles.pop(0)
             if status == 429 and self._plan.retry_after:
                 headers["Retry-After"] = self._plan.retry_after
             if status in (301, 302, 303, 307, 308) and self.redirect_to:
