@@ -1,122 +1,68 @@
-"""The install flow as an org admin lives it, in a real headless Chromium.
+"""The install flow as an org admin lives it, in a real headless Chromium against the real
+service (``serve`` in app mode).
 
 Landing page → Install → Drift's authorize page (loopback fake) → the write-key page →
 Drift's integration settings; then a webhook for that org reaches Segment (loopback fake)
 with the org's write key. Screenshots of each page go to ``test-artifacts/screenshots/``.
-
-Needs Debian's ``chromium`` and ``chromium-driver``; without them the test is skipped,
-unless ``REQUIRE_BROWSER=1`` (CI), where it fails.
 """
 
 from __future__ import annotations
 
-import os
-import threading
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from flask import Flask
-from werkzeug.serving import make_server
 
-from drift_segment_source.app import make_delivery
+from ..support.browser import chromium, screenshot
+from ..support.fake_drift import FakeDrift
+from ..support.fake_segment import FakeSegment
+from ..support.service import Service, wait_for
+from .conftest import StartService, service_env
 
-from .app_mode import (
-    CLIENT_ID,
-    CLIENT_SECRET,
-    ORG_A,
-    WRITE_KEY_A,
-    app_mode_settings,
-    events_by_write_key,
-    webhook_file,
-)
-from .conftest import ROOT, AppFactory
-from .support.fake_drift import FakeDrift
-from .support.fake_segment import FakeSegment
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-
-
-def missing_browser() -> list[str]:
-    """What this machine lacks to drive a real browser."""
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package (pip install -e '.[test]')")
-    return missing
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "drift"
+CLIENT_ID = "test-client-id"
+CLIENT_SECRET = "test-client-secret-0123456789"
+SECRET_KEY = "test-secret-key-for-app-mode-0123456789"
+WRITE_KEY_A = "AAAAwriteKeyOrgA0123456789abcdef"
+ORG_A = 5000883
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    """A headless Chromium with a fresh profile, driven through chromedriver."""
-    missing = missing_browser()
-    if missing:
-        reason = f"no real browser here: missing {', '.join(missing)} " \
-                 "(apt-get install chromium chromium-driver; .ci/run does)"
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(f"REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run",
-                     "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
+    """A headless Chromium with a fresh profile."""
+    with chromium(tmp_path / "profile") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
 def drift() -> Iterator[FakeDrift]:
+    """Drift's OAuth pages and token endpoint."""
     with FakeDrift(CLIENT_ID, CLIENT_SECRET) as fake:
         yield fake
 
 
-
 @pytest.fixture
-def served_app(make_app: AppFactory, drift: FakeDrift, segment: FakeSegment
-               ) -> Iterator[tuple[Flask, str]]:
-    """The service in app mode as a real HTTP server on 127.0.0.1, and its base URL."""
-    app = make_app(**app_mode_settings(drift, segment))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    base_url = f"http://127.0.0.1:{server.server_port}"
-    app.config["PUBLIC_URL"] = base_url
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield app, base_url
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def screenshot(driver: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    assert driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+def service(start_service: StartService, tmp_path: Path, drift: FakeDrift,
+            segment: FakeSegment) -> Service:
+    """The service in app mode, both regions on the fake Segment."""
+    return start_service(service_env(
+        f"sqlite:///{tmp_path / 'store.sqlite3'}", DRIFT_CLIENT_ID=CLIENT_ID,
+        DRIFT_CLIENT_SECRET=CLIENT_SECRET, SECRET_KEY=SECRET_KEY, DRIFT_API_URL=drift.url,
+        DRIFT_AUTHORIZE_URL=drift.authorize_url, DRIFT_SETTINGS_URL=drift.settings_url,
+        SEGMENT_HOST=segment.url, SEGMENT_EU_HOST=segment.url))
 
 
 def test_admin_installs_the_app_in_a_browser_and_events_use_the_org_key(
-        browser: Any, served_app: tuple[Flask, str], drift: FakeDrift,
-        segment: FakeSegment) -> None:
+        browser: Any, service: Service, drift: FakeDrift, segment: FakeSegment) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    app, base_url = served_app
+    base_url = service.url
     wait = WebDriverWait(browser, 15)
     drift.authorizing_org = ORG_A
 
@@ -175,9 +121,11 @@ def test_admin_installs_the_app_in_a_browser_and_events_use_the_org_key(
     screenshot(browser, "07-setup-session-ended")
 
     # A webhook for the org now reaches Segment with the org's own write key.
-    answer = requests.post(base_url + "/webhooks/drift", timeout=10,
-                           json=webhook_file("new_conversation", "seed_example", ORG_A))
+    webhook = json.loads((FIXTURES / "new_conversation" / "seed_example.json").read_text())
+    answer = requests.post(base_url + "/webhooks/drift", timeout=10, json=webhook | {
+        "orgId": ORG_A})
     assert answer.json()["status"] == "accepted"
-    assert make_delivery(app).run_round() == 1
-    assert events_by_write_key(segment) == {
-        WRITE_KEY_A: ["Drift Source Event: new_conversation"]}
+    assert wait_for(lambda: len(segment.messages) == 1, 15), service.log()
+    assert segment.write_keys() == {WRITE_KEY_A}
+    assert [message["event"] for message in segment.messages] == [
+        "Drift Source Event: new_conversation"]
