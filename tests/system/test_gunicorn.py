@@ -8,28 +8,17 @@ Segment receive the messages.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
-from .conftest import FIXTURES, WRITE_KEY
-from .support.fake_segment import FakeSegment
-from .support.service import Service
+from ..support.fake_segment import FakeSegment
+from ..support.service import wait_for
+from ..support.webhooks import WRITE_KEY
+from .conftest import StartService, service_env
 
-pytestmark = pytest.mark.slow
-
-
-
-def wait_for(condition, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "drift"
 
 
 def content(message: dict[str, Any]) -> str:
@@ -38,16 +27,12 @@ def content(message: dict[str, Any]) -> str:
                        if key not in ("messageId", "timestamp")}, sort_keys=True)
 
 
-def test_serve_delivers_webhooks_from_gunicorn_workers(tmp_path: Path,
+def test_serve_delivers_webhooks_from_gunicorn_workers(start_service: StartService,
+                                                       tmp_path: Path,
                                                        segment: FakeSegment) -> None:
-    service = Service("serve", {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'store.sqlite3'}",
-        "SEGMENT_WRITE_KEY": WRITE_KEY,
-        "SEGMENT_HOST": segment.url,
-        "WEB_CONCURRENCY": "2",
-    }, tmp_path / "service.log")
+    service = start_service(service_env(f"sqlite:///{tmp_path / 'store.sqlite3'}", segment,
+                                        WEB_CONCURRENCY=2))
     try:
-        service.wait_ready()
         cases = [path for path in sorted(FIXTURES.glob("*/*.json"))
                  if not path.name.endswith((".segment.json", ".drift-api.json"))
                  and not path.with_name(path.stem + ".drift-api.json").exists()
@@ -63,11 +48,11 @@ def test_serve_delivers_webhooks_from_gunicorn_workers(tmp_path: Path,
         expected = {content(json.loads(path.with_name(path.stem + ".segment.json").read_text(
             ))[0]) for path in cases}
         assert wait_for(lambda: {content(message) for message in segment.messages}
-                        >= expected), service.log()
+                        >= expected, 30), service.log()
         assert segment.write_keys() == {WRITE_KEY}
         # Rows are marked delivered just after Segment's 2xx: wait for the backlog to empty.
         assert wait_for(lambda: requests.get(service.url + "/readyz", timeout=5).json()[
-            "checks"]["store"]["backlog"] == 0), service.log()
+            "checks"]["store"]["backlog"] == 0, 30), service.log()
         metrics = requests.get(service.url + "/metrics", timeout=5).text
         assert 'drift_segment_source_webhooks_total{outcome="accepted",type="new_conversation"}' \
             in metrics
@@ -75,4 +60,4 @@ def test_serve_delivers_webhooks_from_gunicorn_workers(tmp_path: Path,
     finally:
         status = service.stop()
     assert status == 0, service.log()
-    assert "delivery loop stopped" in service.log()
+    assert "delivery loop stopped" in service.log_text()
