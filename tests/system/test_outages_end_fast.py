@@ -16,7 +16,7 @@ from .conftest import StartService, service_env, states, status
 
 PROBE_SECONDS = 2.0  # how often an open circuit lets a probe through
 FAILURES_TO_OPEN = 3
-OUTAGE = 8.0
+OUTAGE = 5.0
 
 
 def test_backlog_resumes_within_seconds_after_an_outage(
@@ -37,8 +37,9 @@ def test_backlog_resumes_within_seconds_after_an_outage(
     recovered = time.monotonic()
     assert wait_for(lambda: len(segment.messages) >= 1, PROBE_SECONDS + 3), service.log()
     contacts = {contact_of(body) for body in bodies}
-    assert wait_for(lambda: contacts <= set(segment.by_anonymous_id()), PROBE_SECONDS + 8)
-    assert time.monotonic() - recovered <= PROBE_SECONDS + 8
+    # Each row's own next attempt is up to 8 s away by now: a probe is not.
+    assert wait_for(lambda: contacts <= set(segment.by_anonymous_id()), PROBE_SECONDS + 4)
+    assert time.monotonic() - recovered <= PROBE_SECONDS + 4
     assert wait_for(lambda: states(service) == {"delivered": 100}, 5), states(service)
     # Two workers, each: the posts that opened its circuit, then a probe every 2 s.
     assert failed_posts <= 2 * (FAILURES_TO_OPEN + OUTAGE / PROBE_SECONDS + 2), failed_posts
