@@ -93,10 +93,11 @@ def site_url(service: Service) -> Iterator[str]:
         server.server_close()
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    """A headless Chromium whose console is recorded."""
-    with chromium(tmp_path / "profile", record_console=True) as driver:
+@pytest.fixture(scope="module")
+def browser(module_folder: Path) -> Iterator[Any]:
+    """A headless Chromium whose console is recorded (each test loads its own page and
+    reads the console messages it caused)."""
+    with chromium(module_folder / "profile", record_console=True) as driver:
         yield driver
 
 
@@ -123,6 +124,7 @@ def test_widget_events_become_the_seeds_track_calls(
     from selenium.webdriver.support.ui import WebDriverWait
 
     expected = client_fixture(golden)
+    browser.get_log("browser")  # what an earlier page said is not this page's
     open_page_with_drift_ready(browser, f"{site_url}/{case}.html")
     if case == "script-after-ready":
         # The widget's `ready` is past: the script must see that and subscribe at once.

@@ -138,7 +138,7 @@ def test_sigterm_with_slow_and_silent_clients_exits_well_inside_the_graceful_tim
     env = slow_env(tmp_path / "store.sqlite3", segment, DELIVERY_BATCH_SIZE=10,
                    DELIVERY_LEASE_SECONDS=600)
     service = start_service(env)
-    post_concurrently(service.url, distinct_webhooks(60), connections=2)
+    post_concurrently(service.url, distinct_webhooks(30), connections=2)
     assert wait_for(lambda: len(segment.messages) >= 10, 15)
     silent = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(20)]
     slow = SlowClient(service.port, HEAD, b" " * 300)
@@ -153,4 +153,4 @@ def test_sigterm_with_slow_and_silent_clients_exits_well_inside_the_graceful_tim
     assert "delivery loop stopped" in log
     segment.delay = 0.0
     restarted = start_service(env, name="restarted")
-    assert wait_for(lambda: states(restarted) == {"delivered": 60}, 15), states(restarted)
+    assert wait_for(lambda: states(restarted) == {"delivered": 30}, 15), states(restarted)
