@@ -138,15 +138,14 @@ def test_a_change_made_back_and_forth_is_never_answered_duplicate(
 
 
 def test_a_meeting_booked_before_the_dedupe_horizon_is_refused_not_sent_again(
-        start_service: StartService, tmp_path: Path, segment: FakeSegment,
-        drift: FakeDrift) -> None:
+        start_service: StartService, segment: FakeSegment, drift: FakeDrift,
+        database_url: str) -> None:
     # A meeting booked 100 days ago is delivered; its dedupe key is then pruned (here
     # DEDUPE_RETENTION_DAYS is a second, so the horizon is now and its one day of margin for
     # clocks that disagree reaches into tomorrow). Rescheduled since, it comes again with a
     # newer updatedAt (two days ahead, past that margin): a meeting is as old as its booking,
     # so it is refused, as is the untouched one, never sent as a new booking.
-    env = service_env(f"sqlite:///{tmp_path / 'store.sqlite3'}", segment, drift,
-                      DEDUPE_RETENTION_DAYS=1 / DAY)
+    env = service_env(database_url, segment, drift, DEDUPE_RETENTION_DAYS=1 / DAY)
     booked = now_ms(-100)
     rescheduled = {"eventId": "evt-horizon-1", "schedulerId": 46_600_000_001,
                    "agentId": 2322756, "orgId": ORG, "status": "ACTIVE",
