@@ -45,8 +45,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))  # the tests' support folder: the fake Segment, PostgreSQL
 
 import workload  # noqa: E402
+
+from tests.support.postgres import PostgresServer, create_database  # noqa: E402
+from tests.support.postgres import binaries as postgres_binaries  # noqa: E402
 
 TOKEN = "fixture-verification-token"  # the fixtures' own token
 WRITE_KEY = "bench-write-key-0123456789"
@@ -264,16 +268,17 @@ def console_script(name: str) -> str:
 
 
 class FakeSegmentProcess:
-    """bench/fake_segment.py in its own process, so it never shares a GIL with the measured."""
+    """The tests' counting fake Segment (``python -m tests.support.fake_segment``) in its own
+    process, so it never shares a GIL with the measured."""
 
     def __init__(self, folder: Path, name: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.ids_file = folder / f"{name}.ids"
         port_file = folder / f"{name}.port"
         self.process = Process(f"fake-segment-{name}",
-                               [sys.executable, str(HERE / "fake_segment.py"), str(port_file),
-                                str(self.ids_file)],
-                               dict(os.environ), folder / f"{name}.log")
+                               [sys.executable, "-m", "tests.support.fake_segment",
+                                str(port_file), str(self.ids_file)],
+                               {**os.environ, "PYTHONPATH": str(ROOT)}, folder / f"{name}.log")
         deadline = time.monotonic() + 20
         while not port_file.exists():
             if time.monotonic() > deadline or not self.process.alive():
@@ -297,63 +302,15 @@ class FakeSegmentProcess:
 # -- PostgreSQL -----------------------------------------------------------------------------
 
 
-def postgres_binaries() -> str | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return os.path.dirname(found[-1]) if found else None
-
-
-def as_postgres_user(command: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root.
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
-class Postgres:
-    """A throwaway server on 127.0.0.1, durable like production (fsync and synchronous_commit
-    on, unlike the test suite's fsync=off), stopped by its own pg_ctl."""
+class Postgres(PostgresServer):
+    """A throwaway server on 127.0.0.1 (tests/support/postgres.py), durable like production
+    (fsync and synchronous_commit on, unlike the test suite's fsync=off)."""
 
     def __init__(self, bin_dir: str) -> None:
-        self.bin_dir = bin_dir
-        self.data_dir = tempfile.mkdtemp(prefix="dss-bench-pg-")
-        if os.geteuid() == 0:
-            shutil.chown(self.data_dir, "postgres", "postgres")
-        self.port = free_port()
-        subprocess.run(as_postgres_user([f"{bin_dir}/initdb", "-D", self.data_dir, "-U",
-                                         "postgres", "--auth=trust", "-E", "UTF8"]),
-                       check=True, capture_output=True, timeout=120)
-        options = (f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c max_connections=200")
-        subprocess.run(as_postgres_user([f"{bin_dir}/pg_ctl", "-D", self.data_dir, "-o",
-                                         options, "-w", "-t", "60", "-l",
-                                         f"{self.data_dir}/server.log", "start"]),
-                       check=True, capture_output=True, timeout=90)
-        self.server_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self.version = subprocess.run([f"{bin_dir}/postgres", "--version"], capture_output=True,
-                                      text=True, timeout=10).stdout.strip()
+        super().__init__(bin_dir, durable=True)
 
     def new_database(self, name: str) -> str:
-        import sqlalchemy
-
-        admin = sqlalchemy.create_engine(self.server_url.replace("postgresql://",
-                                                                 "postgresql+psycopg://"),
-                                         isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name}"))
-            connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        return self.server_url.rsplit("/", 1)[0] + "/" + name
-
-    def pids(self) -> list[int]:
-        """The postmaster and its backends, for their CPU time."""
-        try:
-            postmaster = int(Path(self.data_dir, "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return []
-        return [postmaster, *children(postmaster)]
-
-    def stop(self) -> None:
-        subprocess.run(as_postgres_user([f"{self.bin_dir}/pg_ctl", "-D", self.data_dir, "-m",
-                                         "fast", "-w", "-t", "30", "stop"]),
-                       capture_output=True, timeout=60)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        return create_database(self.url, name)
 
 
 # -- ingest ---------------------------------------------------------------------------------
@@ -1323,7 +1280,7 @@ def main() -> int:
         if bin_dir and settings.phases & {"ingest", "latency", "delivery"}:
             log("starting PostgreSQL")
             postgres = Postgres(bin_dir)
-            info["postgresql"] = postgres.version
+            info["postgresql"] = postgres.version()
         if "ingest" in settings.phases:
             ingest = Ingest(settings, work, templates_file, postgres)
             fake = FakeSegmentProcess(work / "ingest-fake", "fake-segment")

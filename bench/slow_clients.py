@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import selectors
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,54 +35,28 @@ from typing import Any
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "bench-verification-token"
+sys.path.insert(0, str(ROOT))
+
+from tests.support.service import Service  # noqa: E402
+from tests.support.webhooks import TOKEN  # noqa: E402
+
 WEBHOOK = json.loads((ROOT / "fixtures/drift/new_conversation/seed_example.json").read_text())
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Served:
-    """``serve`` in its own process group, logging to a file."""
+class Served(Service):
+    """``serve`` (tests/support/service.py), dry-run on a fresh SQLite file, ready."""
 
     def __init__(self, work: Path, checkout: Path | None, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full = {key: value for key, value in os.environ.items()
-                if key not in ("PROMETHEUS_MULTIPROC_DIR", "SEGMENT_WRITE_KEY")}
-        full.update({"PORT": str(self.port), "DRIFT_VERIFICATION_TOKEN": TOKEN,
-                     "LOG_LEVEL": "WARNING",
-                     "DATABASE_URL": f"sqlite:///{work / 'store.sqlite3'}", **env})
-        if checkout is not None:
-            full["PYTHONPATH"] = str(checkout)
-        self.log = open(work / "service.log", "ab")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from drift_segment_source.cli import main; main()",
-             "serve"], env=full, stdout=self.log, stderr=self.log, start_new_session=True,
-            cwd=work)  # not the repository: `python -c` puts the working folder first
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.2)
-        raise RuntimeError("the service did not start")
+        super().__init__("serve", {"LOG_LEVEL": "WARNING",
+                                   "DATABASE_URL": f"sqlite:///{work / 'store.sqlite3'}", **env},
+                         work / "service.log", checkout=None if checkout is None
+                         else str(checkout))
+        self.wait_ready()
 
-    def stop(self) -> float:
+    def stop(self, timeout: float = 60) -> float:  # type: ignore[override]
         """SIGTERM; the seconds until the process exited."""
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.log.close()
-        return time.monotonic() - started
+        super().stop(timeout)
+        return float(self.stop_seconds or 0.0)
 
 
 class Attacker(threading.Thread):

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 from flask.testing import FlaskClient
 
 from .conftest import FIXTURES
-from .fake_drift import FakeDrift
-from .fakes import FakeSegment
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
 
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret-0123456789"

@@ -1,31 +1,29 @@
-"""Shared test fixtures: apps on SQLite and on a real PostgreSQL, fixed clocks, fakes."""
+"""Shared test fixtures: apps on SQLite and on a real PostgreSQL, fixed clocks, fakes (the
+fakes, clock and launchers themselves live in tests/support)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy
 from flask import Flask
 
 from drift_segment_source import create_app
 
 from .browser import browser  # noqa: F401 (a fixture, shared by the page tests)
-from .fakes import FakeSegment
-from .postgres import temporary_server
+from .support.fake_segment import FakeSegment
+from .support.postgres import create_database, drop_database, temporary_server
+from .support.webhooks import DRIFT_TOKEN, TOKEN, WRITE_KEY, webhook
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "drift"
-TOKEN = "fixture-verification-token"
-WRITE_KEY = "test-write-key-0123456789"
 SEGMENT_HOST = "https://segment.test"
 DRIFT_API_URL = "https://drift.test"
-DRIFT_TOKEN = "drift-access-token-test"
+__all__ = ["DRIFT_TOKEN", "TOKEN", "WRITE_KEY", "webhook"]
 # The receipt time fixtures assume for events without a time of their own.
 FIXED_RECEIPT = 1714420800.0
 
@@ -42,17 +40,11 @@ def _postgres_database(server: str | None) -> Iterator[str]:
             pytest.fail("REQUIRE_POSTGRES=1 but no PostgreSQL server could be started")
         pytest.skip("PostgreSQL is not installed here (apt-get install postgresql, "
                     "or set TEST_POSTGRES_URL); .ci/run installs it")
-    name = "dss_" + uuid.uuid4().hex[:12]
-    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    url = server.rsplit("/", 1)[0] + "/" + name
+    url = create_database(server)
     try:
         yield url
     finally:
-        with admin.connect() as connection:
-            connection.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
-        admin.dispose()
+        drop_database(server, url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -96,6 +88,9 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
     apps: list[Flask] = []
 
     def factory(**overrides: Any) -> Flask:
+        # Imported here: the system tests share this conftest and never load the package.
+        from drift_segment_source import create_app
+
         settings: dict[str, Any] = {
             "DATABASE_URL": database_url,
             "DRIFT_VERIFICATION_TOKEN": TOKEN,
@@ -128,7 +123,7 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
 
 @pytest.fixture
 def segment() -> Iterator[FakeSegment]:
-    """A loopback fake of Segment's Tracking API (see tests/fakes.py)."""
+    """A loopback fake of Segment's Tracking API (see tests/support/fake_segment.py)."""
     with FakeSegment() as fake:
         yield fake
 
@@ -139,17 +134,9 @@ def fixed_clock() -> Callable[[], float]:
     return lambda: FIXED_RECEIPT
 
 
+
 def seen_now(app: Flask) -> None:
     """The store sees an event at the test clock's present (a linking identify's key, the
     lightest kind): retention counts from the newest event the store has seen."""
     store = app.extensions["store"]
     store.record("nobody", remember=[hashlib.sha256(str(store.now()).encode()).digest()[:16]])
-
-
-def webhook(event_type: str, data: dict[str, Any], org_id: int = 5000883,
-            token: str | None = TOKEN) -> dict[str, Any]:
-    """A Drift webhook body."""
-    body: dict[str, Any] = {"type": event_type, "orgId": org_id, "data": data}
-    if token is not None:
-        body["token"] = token
-    return body

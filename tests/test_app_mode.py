@@ -42,8 +42,8 @@ from .app_mode import (
     webhook_file,
 )
 from .conftest import TOKEN, AppFactory
-from .fake_drift import FakeDrift
-from .fakes import FakeSegment
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
 
 NEW_CONVERSATION = "Drift Source Event: new_conversation"
 PARTICIPANT_ADDED = "Drift Source Event: conversation_participant_added"

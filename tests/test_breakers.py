@@ -8,7 +8,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,25 +23,9 @@ from drift_segment_source.delivery.breakers import (
 )
 
 from .conftest import AppFactory, webhook
-from .fakes import FakeDriftApi, FakeSegment
-from .reliability import distinct_webhooks, post_concurrently, save_report, states
-from .service import Service
-from .test_reliability import service_env, wait_for
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    # In the past of the host's clock: the store's cut-offs never run ahead of the
-    # database's own clock, which is the host's.
-    def __init__(self, now: float = 1_750_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from .support.clock import FakeClock
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
 
     def wall(self) -> float:
         return self.now
@@ -52,19 +35,19 @@ class Clock:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def drift() -> Iterator[FakeDriftApi]:
-    with FakeDriftApi() as fake:
+def drift() -> Iterator[FakeDrift]:
+    with FakeDrift() as fake:
         yield fake
 
 
 @pytest.fixture
-def app(make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi,
-        clock: Clock) -> Flask:
+def app(make_app: AppFactory, segment: FakeSegment, drift: FakeDrift,
+        clock: FakeClock) -> Flask:
     # Small batches, so one round makes several posts; backoff of minutes, as in production.
     return make_app(SEGMENT_HOST=segment.url, DRIFT_API_URL=drift.url, CLOCK=clock,
                     DELIVERY_BATCH_SIZE=5, DELIVERY_BACKOFF_SECONDS=60,
@@ -88,7 +71,7 @@ def rows(app: Flask) -> list[dict[str, Any]]:
             "ORDER BY id").mappings()]
 
 
-def run_until_idle(app: Flask, clock: Clock, seconds: float, step: float = 1.0) -> None:
+def run_until_idle(app: Flask, clock: FakeClock, seconds: float, step: float = 1.0) -> None:
     """Run a round every ``step`` simulated seconds for ``seconds``."""
     delivery = make_delivery(app)
     for _ in range(int(seconds / step)):
@@ -98,7 +81,7 @@ def run_until_idle(app: Flask, clock: Clock, seconds: float, step: float = 1.0) 
 
 
 def test_an_outage_spends_no_attempts_once_the_circuit_is_open(
-        app: Flask, segment: FakeSegment, clock: Clock) -> None:
+        app: Flask, segment: FakeSegment, clock: FakeClock) -> None:
     post_conversations(app, 40)
     segment.fail_always(503)
     delivery = make_delivery(app)
@@ -116,7 +99,7 @@ def test_an_outage_spends_no_attempts_once_the_circuit_is_open(
 
 
 def test_when_the_probe_succeeds_every_waiting_row_goes_at_once(
-        app: Flask, segment: FakeSegment, clock: Clock) -> None:
+        app: Flask, segment: FakeSegment, clock: FakeClock) -> None:
     post_conversations(app, 40)
     segment.fail_always(503)
     delivery = make_delivery(app)
@@ -138,7 +121,7 @@ def test_when_the_probe_succeeds_every_waiting_row_goes_at_once(
 
 
 def test_one_orgs_failing_drift_api_parks_only_its_lookup_rows(
-        app: Flask, segment: FakeSegment, drift: FakeDriftApi, clock: Clock) -> None:
+        app: Flask, segment: FakeSegment, drift: FakeDrift, clock: FakeClock) -> None:
     for number in range(8):
         drift.status[str(900 + number)] = 503
         app.test_client().post("/webhooks/drift", json=webhook(
@@ -176,7 +159,7 @@ def test_one_orgs_failing_drift_api_parks_only_its_lookup_rows(
 
 
 def test_lookups_queued_before_the_circuit_opened_are_not_made_while_it_is_open(
-        make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> None:
+        make_app: AppFactory, segment: FakeSegment, drift: FakeDrift) -> None:
     """Each lookup of a hung Drift API holds a slot for its timeout; once the org's circuit
     is open, the ones still queued must not each wait it out in turn (other orgs' lookups
     and Drift writes queue behind them)."""
@@ -208,7 +191,7 @@ def test_lookups_queued_before_the_circuit_opened_are_not_made_while_it_is_open(
 
 
 def test_a_segment_that_hangs_opens_its_circuit_at_the_first_timeout(
-        make_app: AppFactory, segment: FakeSegment, clock: Clock) -> None:
+        make_app: AppFactory, segment: FakeSegment, clock: FakeClock) -> None:
     """Each post to a host that does not answer holds its round for the whole timeout (and
     in app mode, the rows of every other org in that round): one is enough to know."""
     app = make_app(SEGMENT_HOST=segment.url, SEGMENT_TIMEOUT_SECONDS=0.3, DELIVERY_BATCH_SIZE=2,
@@ -230,7 +213,7 @@ def test_a_segment_that_hangs_opens_its_circuit_at_the_first_timeout(
 
 def test_probes_a_host_does_not_answer_come_less_and_less_often() -> None:
     """A hung probe holds its round for the whole timeout; refused ones cost nothing."""
-    clock = Clock()
+    clock = FakeClock()
     breakers = Breakers(lambda key, opened_at: None, clock=clock)
     assert breakers.failed("segment:x", {1}, hung=True)  # opens at the first timeout
     waits = []
@@ -247,7 +230,7 @@ def test_probes_a_host_does_not_answer_come_less_and_less_often() -> None:
 
 
 def test_one_probe_at_a_time_even_when_it_outlasts_the_probe_interval() -> None:
-    clock = Clock()
+    clock = FakeClock()
     breakers = Breakers(lambda key, opened_at: None, clock=clock)
     breakers.failed("segment:x", {1}, hung=True)
     clock.advance(PROBE_SECONDS)
@@ -263,7 +246,7 @@ def test_one_probe_at_a_time_even_when_it_outlasts_the_probe_interval() -> None:
 
 
 def test_open_circuits_show_on_metrics_and_status(make_app: AppFactory, segment: FakeSegment,
-                                                  clock: Clock) -> None:
+                                                  clock: FakeClock) -> None:
     app = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, ADMIN_TOKEN="admin-token-123456",
                    DELIVERY_BATCH_SIZE=1)
     post_conversations(app, 5)
@@ -283,7 +266,7 @@ def test_open_circuits_show_on_metrics_and_status(make_app: AppFactory, segment:
 
 
 def test_a_circuit_left_open_by_another_loop_clears_when_segment_answers(
-        make_app: AppFactory, segment: FakeSegment, clock: Clock) -> None:
+        make_app: AppFactory, segment: FakeSegment, clock: FakeClock) -> None:
     """Breakers live in each loop; the record in the store is shared. A loop that opened
     one and then stopped (a restart, another worker) must not leave /readyz and /metrics
     saying "open" for ever once Segment answers the loop that runs now."""
@@ -305,35 +288,3 @@ def test_a_circuit_left_open_by_another_loop_clears_when_segment_answers(
     assert app.test_client().get("/readyz").get_json()["checks"]["circuits"]["open"] == 0
     scrape = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'drift_segment_source_open_circuits{destination="segment"} 0.0' in scrape
-
-
-@pytest.mark.slow
-def test_a_real_service_resumes_within_seconds_after_an_outage(
-        database_url: str, segment: FakeSegment, tmp_path: Path) -> None:
-    # The real `serve` (2 workers), a backlog built while Segment is down, then recovery.
-    env = service_env(database_url, segment, DELIVERY_BATCH_SIZE="500")
-    segment.fail_always(503)
-    service = Service("serve", env, tmp_path / "service.log")
-    try:
-        service.wait_ready()
-        posted = post_concurrently(service.url, distinct_webhooks(2000))
-        assert len(posted.accepted) == 2000
-        time.sleep(20)  # long enough for every row's own backoff to reach tens of seconds
-        failed_posts = segment.requests
-        segment.recover()
-        recovered = time.monotonic()
-        assert wait_for(lambda: len(segment.message_id_counts()) >= 1, 30), service.log()
-        first = time.monotonic() - recovered
-        assert wait_for(lambda: len(segment.message_id_counts()) >= 2000, 60), service.log()
-        drained = time.monotonic() - recovered
-    finally:
-        service.stop()
-    report = {"database": database_url.split(":")[0], "backlog": 2000, "outage_seconds": 20,
-              "failed_posts_during_outage": failed_posts,
-              "recovery_to_first_delivery_seconds": round(first, 2),
-              "recovery_to_drained_seconds": round(drained, 2),
-              "states": states(database_url)}
-    save_report(f"outage-recovery-{report['database']}", report)
-    assert first <= PROBE_SECONDS + 3
-    assert drained <= PROBE_SECONDS + 15
-    assert failed_posts <= 2 * (FAILURES_TO_OPEN + 20 / PROBE_SECONDS + 2)  # two workers

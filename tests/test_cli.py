@@ -13,7 +13,7 @@ from drift_segment_source.app import make_delivery
 from drift_segment_source.cli import main
 
 from .conftest import FIXTURES, TOKEN, WRITE_KEY, AppFactory, webhook
-from .fakes import FakeSegment
+from .support.fake_segment import FakeSegment
 
 
 @pytest.fixture
@@ -112,23 +112,6 @@ def test_quarantine_list_and_retry_after_a_fix(env: str, make_app: AppFactory,
         "accepted": 1, "duplicate": 0, "still_invalid": 0}
     assert app.extensions["store"].counts() == {("new_conversation", "pending"): 1}
     assert run("quarantine", "list")[1].strip() == "quarantine is empty"
-
-
-def test_replay_posts_fixture_payloads_to_a_running_service(tmp_path: Path) -> None:
-    from .service import Service
-
-    service = Service("serve", {"DATABASE_URL": f"sqlite:///{tmp_path / 's.sqlite3'}",
-                                "DELIVERY_IN_WEB": "false"}, tmp_path / "service.log")
-    try:
-        service.wait_ready()
-        folder = FIXTURES / "new_meeting"
-        code, output = run("replay", str(folder), "--url", service.url + "/webhooks/drift")
-        assert code == 0, output
-        assert json.loads(output.splitlines()[-1]) == {"accepted": 3}
-        code, output = run("replay", str(folder), "--url", service.url + "/webhooks/drift")
-        assert json.loads(output.splitlines()[-1]) == {"duplicate": 3}
-    finally:
-        service.stop()
 
 
 def test_doctor_checks_drift_token_and_segment_key(env: str, make_app: AppFactory,

@@ -19,33 +19,22 @@ from drift_segment_source.sources.drift.backfill import BeyondHorizon, check_win
 from drift_segment_source.store.retention import HORIZON_CACHE_SECONDS
 
 from .conftest import FIXTURES, AppFactory, seen_now, webhook
-from .fakes import FakeSegment
+from .support.clock import FakeClock
+from .support.fake_segment import FakeSegment
 
 DAY = 86_400
 # The fixtures' events happened on 2024-04-29; the clock starts an hour later.
 START = 1714420800.0 + 3600
 
 
-class Clock:
-    """A clock the test moves by hand."""
 
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def app(make_app: AppFactory, segment: FakeSegment, clock: Clock) -> Flask:
+def app(make_app: AppFactory, segment: FakeSegment, clock: FakeClock) -> Flask:
     return make_app(SEGMENT_HOST=segment.url, CLOCK=clock)
 
 
@@ -74,7 +63,7 @@ def prune(app: Flask) -> None:
 
 
 def test_a_redelivery_after_the_webhook_row_is_pruned_is_still_a_duplicate(
-        app: Flask, segment: FakeSegment, clock: Clock) -> None:
+        app: Flask, segment: FakeSegment, clock: FakeClock) -> None:
     body = fixture("new_conversation")
     assert answer(app, body)["status"] == "accepted"
     make_delivery(app).run_round()
@@ -89,7 +78,7 @@ def test_a_redelivery_after_the_webhook_row_is_pruned_is_still_a_duplicate(
 
 
 def test_events_older_than_the_keys_kept_are_refused_not_sent_twice(
-        app: Flask, segment: FakeSegment, clock: Clock) -> None:
+        app: Flask, segment: FakeSegment, clock: FakeClock) -> None:
     body = fixture("new_conversation")
     assert answer(app, body)["status"] == "accepted"
     make_delivery(app).run_round()
@@ -114,7 +103,7 @@ def test_events_older_than_the_keys_kept_are_refused_not_sent_twice(
 
 
 def test_a_backfill_window_reaching_past_the_keys_kept_is_refused(
-        app: Flask, clock: Clock) -> None:
+        app: Flask, clock: FakeClock) -> None:
     store = app.extensions["store"]
     check_window(store, int(START * 1000) - 365 * DAY * 1000)  # nothing pruned yet: fine
     assert answer(app, fixture("new_conversation"))["status"] == "accepted"
@@ -153,7 +142,7 @@ def test_each_change_of_a_meeting_is_its_own_event(app: Flask) -> None:
                            "status": "closed", "updatedAt": 1714419312425}),
 ])
 def test_events_without_their_own_time_are_told_apart_by_receipt_time(
-        app: Flask, clock: Clock, event_type: str, data: dict[str, Any]) -> None:
+        app: Flask, clock: FakeClock, event_type: str, data: dict[str, Any]) -> None:
     body = webhook(event_type, data)
     assert answer(app, body)["status"] == "accepted"
     assert answer(app, body) == {"status": "duplicate"}, "the same delivery, same moment"
@@ -162,7 +151,7 @@ def test_events_without_their_own_time_are_told_apart_by_receipt_time(
 
 
 def test_upgrading_keeps_the_dedupe_keys_of_webhooks_already_stored(
-        make_app: AppFactory, database_url: str, clock: Clock) -> None:
+        make_app: AppFactory, database_url: str, clock: FakeClock) -> None:
     app = make_app(CLOCK=clock, SEGMENT_WRITE_KEY="")
     store = app.extensions["store"]
     body = fixture("new_conversation")
@@ -184,7 +173,7 @@ def test_upgrading_keeps_the_dedupe_keys_of_webhooks_already_stored(
 
 
 def test_a_change_back_and_forth_without_timestamps_is_three_events(
-        app: Flask, clock: Clock) -> None:
+        app: Flask, clock: FakeClock) -> None:
     answers = []
     for previous, updated in (("a@x.io", "b@x.io"), ("b@x.io", "a@x.io"), ("a@x.io", "b@x.io")):
         answers.append(answer(app, webhook("contact_updated", {
@@ -194,7 +183,7 @@ def test_a_change_back_and_forth_without_timestamps_is_three_events(
     assert answers == ["accepted"] * 3
 
 
-def test_a_slot_that_comes_back_is_a_third_meeting_change(app: Flask, clock: Clock) -> None:
+def test_a_slot_that_comes_back_is_a_third_meeting_change(app: Flask, clock: FakeClock) -> None:
     update = fixture("meeting_updated")
     update["data"].pop("updatedAt", None)
     answers = []
@@ -206,7 +195,7 @@ def test_a_slot_that_comes_back_is_a_third_meeting_change(app: Flask, clock: Clo
 
 
 def test_a_meeting_booked_before_the_horizon_and_rescheduled_since_is_refused(
-        app: Flask, clock: Clock) -> None:
+        app: Flask, clock: FakeClock) -> None:
     booked = fixture("new_meeting")
     assert answer(app, booked)["status"] == "accepted"
     make_delivery(app).run_round()
@@ -224,7 +213,7 @@ def test_a_meeting_booked_before_the_horizon_and_rescheduled_since_is_refused(
 
 
 def test_upgrading_keeps_events_stored_under_the_old_identities_duplicates(
-        make_app: AppFactory, clock: Clock) -> None:
+        make_app: AppFactory, clock: FakeClock) -> None:
     import hashlib
 
     app = make_app(CLOCK=clock, SEGMENT_WRITE_KEY="")

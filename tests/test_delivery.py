@@ -18,32 +18,17 @@ from drift_segment_source.sources.drift.translators import message_id
 from drift_segment_source.startup import announce
 
 from .conftest import DRIFT_API_URL, FIXTURES, WRITE_KEY, AppFactory, seen_now, webhook
-from .fakes import FakeSegment
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    # In the past of the host's clock: the store's cut-offs never run ahead of the
-    # database's own clock, which is the host's.
-    def __init__(self, now: float = 1_750_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+from .support.clock import FakeClock
+from .support.fake_segment import FakeSegment
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def app(make_app: AppFactory, segment: FakeSegment, clock: Clock) -> Flask:
+def app(make_app: AppFactory, segment: FakeSegment, clock: FakeClock) -> Flask:
     return make_app(SEGMENT_HOST=segment.url, CLOCK=clock)
 
 
@@ -118,7 +103,7 @@ def test_dry_run_is_announced_loudly_at_start(make_app: AppFactory,
 
 
 def test_segment_outage_reschedules_with_backoff_then_delivers(
-        app: Flask, segment: FakeSegment, clock: Clock) -> None:
+        app: Flask, segment: FakeSegment, clock: FakeClock) -> None:
     for body in conversations(3):
         post(app, body)
     segment.fail_always(503)
@@ -134,7 +119,7 @@ def test_segment_outage_reschedules_with_backoff_then_delivers(
 
 
 def test_retry_after_is_honoured(make_app: AppFactory, segment: FakeSegment,
-                                clock: Clock) -> None:
+                                clock: FakeClock) -> None:
     # Under the ceiling (which caps it: Drift's Retry-After has no bound).
     app = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, DELIVERY_BACKOFF_MAX_SECONDS=900)
     [body] = conversations(1)
@@ -181,7 +166,7 @@ def test_non_retryable_answers_dead_letter_with_the_reason(app: Flask, segment: 
 
 
 def test_rows_out_of_attempts_are_dead_lettered(make_app: AppFactory, segment: FakeSegment,
-                                                clock: Clock) -> None:
+                                                clock: FakeClock) -> None:
     # Fewer attempts than it takes to open the circuit (after which none is spent).
     app = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, DELIVERY_MAX_ATTEMPTS=2)
     webhook_id = post(app, conversations(1)[0])["id"]
@@ -196,7 +181,7 @@ def test_rows_out_of_attempts_are_dead_lettered(make_app: AppFactory, segment: F
 
 def test_rows_older_than_the_max_age_are_dead_lettered(make_app: AppFactory,
                                                        segment: FakeSegment,
-                                                       clock: Clock) -> None:
+                                                       clock: FakeClock) -> None:
     app = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, DELIVERY_MAX_AGE_HOURS=1)
     webhook_id = post(app, conversations(1)[0])["id"]
     clock.advance(3601)
@@ -302,7 +287,7 @@ def test_lookup_404_dead_letters_that_row_only(app: Flask, segment: FakeSegment,
 @pytest.mark.parametrize("status", [429, 500, 503])
 def test_lookup_failures_delay_only_the_affected_rows(app: Flask, segment: FakeSegment,
                                                       drift: responses.RequestsMock,
-                                                      clock: Clock, status: int) -> None:
+                                                      clock: FakeClock, status: int) -> None:
     drift.get(f"{DRIFT_API_URL}/conversations/3969707702", status=status,
               headers={"Retry-After": "30"} if status == 429 else {})
     affected = post(app, participant_added())["id"]
@@ -380,7 +365,7 @@ def test_a_token_drift_rejects_holds_its_rows_with_the_reason_not_as_an_outage(
 
 
 def test_claimed_rows_are_invisible_to_other_loops_until_the_lease_expires(
-        app: Flask, clock: Clock) -> None:
+        app: Flask, clock: FakeClock) -> None:
     store = app.extensions["store"]
     for body in conversations(4):
         post(app, body)
@@ -419,7 +404,7 @@ def test_on_sqlite_only_one_delivery_loop_runs(tmp_path: Any) -> None:
     store.close()
 
 
-def test_delivered_rows_are_pruned_after_the_retention_period(app: Flask, clock: Clock) -> None:
+def test_delivered_rows_are_pruned_after_the_retention_period(app: Flask, clock: FakeClock) -> None:
     for body in conversations(3):
         post(app, body)
     make_delivery(app).run_round()
@@ -433,8 +418,8 @@ def test_delivered_rows_are_pruned_after_the_retention_period(app: Flask, clock:
 
 
 def test_network_errors_are_retried(make_app: AppFactory, segment: FakeSegment,
-                                    clock: Clock) -> None:
-    from .service import free_port
+                                    clock: FakeClock) -> None:
+    from .support.loopback import free_port
 
     unreachable = make_app(SEGMENT_HOST=f"http://127.0.0.1:{free_port()}", CLOCK=clock)
     webhook_id = post(unreachable, conversations(1)[0])["id"]
@@ -449,8 +434,8 @@ def test_network_errors_are_retried(make_app: AppFactory, segment: FakeSegment,
 
 def test_failing_transport_is_chosen_by_configuration(make_app: AppFactory,
                                                       segment: FakeSegment,
-                                                      clock: Clock) -> None:
-    # Fault injection by configuration: the same code, a failing backend.
+                                                      clock: FakeClock) -> None:
+    # Fault injection in the Antenna style: the same code, a failing backend.
     failing = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, SEGMENT_TRANSPORT="failing:503")
     ids = [post(failing, body)["id"] for body in conversations(3)]
     delivery = make_delivery(failing)

@@ -12,7 +12,7 @@ from flask import Flask
 
 from drift_segment_source.sources.door import MAX_DEPTH
 
-from .conftest import TOKEN, AppFactory
+from .conftest import FIXTURES, TOKEN, AppFactory
 
 CONTACT = 21760538950
 
@@ -20,6 +20,9 @@ CONTACT = 21760538950
 @pytest.fixture
 def app(make_app: AppFactory) -> Flask:
     return make_app()
+
+
+SEED_WEBHOOK = (FIXTURES / "new_conversation" / "seed_example.json").read_bytes()
 
 
 def raw_post(app: Flask, text: str) -> tuple[int, dict[str, Any]]:
@@ -191,3 +194,11 @@ def test_the_path_of_a_fault_in_a_wide_body_is_spelled_short(app: Flask) -> None
     status, body = raw_post(app, text)
     assert (status, body["error"]) == (400, "invalid_unicode")
     assert body["path"] == "data." + "k" * 40 + "[1000]"
+
+
+def test_a_body_shorter_than_its_content_length_is_a_408(make_app: AppFactory) -> None:
+    answer = make_app().test_client().post(
+        "/webhooks/drift", data=SEED_WEBHOOK[:50], content_type="application/json",
+        environ_overrides={"CONTENT_LENGTH": str(len(SEED_WEBHOOK))})
+    assert answer.status_code == 408
+    assert answer.get_json()["error"] == "request_timeout"

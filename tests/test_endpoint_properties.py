@@ -31,8 +31,8 @@ from drift_segment_source.app import make_delivery
 from drift_segment_source.sources.door import MAX_DEPTH
 
 from .conftest import TOKEN, AppFactory, webhook
-from .fakes import FakeSegment
 from .live_server import serving
+from .support.fake_segment import FakeSegment
 
 ANSWERS = {200: {"accepted", "duplicate", "ignored"},
            400: {"invalid_json", "json_too_deep", "invalid_unicode", "invalid_envelope",

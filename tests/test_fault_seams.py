@@ -21,15 +21,16 @@ from drift_segment_source.destinations.segment import HttpTransport
 from drift_segment_source.sources.drift.translators import TRANSLATORS, message_id
 
 from .conftest import AppFactory, webhook
-from .fakes import FakeDriftApi, FakeSegment
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
 
 CONVERSATION = "3969707702"
 GOOD = 30
 
 
 @pytest.fixture
-def drift() -> Iterator[FakeDriftApi]:
-    with FakeDriftApi() as fake:
+def drift() -> Iterator[FakeDrift]:
+    with FakeDrift() as fake:
         fake.conversations[CONVERSATION] = {"id": int(CONVERSATION), "contactId": 21760538950,
                                             "createdAt": 1714419312425, "inboxId": 642330,
                                             "status": "open", "updatedAt": 1714419467246}
@@ -37,7 +38,7 @@ def drift() -> Iterator[FakeDriftApi]:
 
 
 @pytest.fixture
-def app(make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> Flask:
+def app(make_app: AppFactory, segment: FakeSegment, drift: FakeDrift) -> Flask:
     return make_app(SEGMENT_HOST=segment.url, DRIFT_API_URL=drift.url,
                     DRIFT_TIMEOUT_SECONDS=5, DELIVERY_LOOKUP_WAIT_SECONDS=0.2,
                     DELIVERY_BACKOFF_SECONDS=0.01, DELIVERY_BACKOFF_MAX_SECONDS=0.05)
@@ -103,7 +104,7 @@ def test_a_translator_that_raises_dead_letters_only_its_row(
 
 @pytest.mark.parametrize("event", ["phone_captured", "conversation_participant_added"])
 def test_a_conversation_without_a_contact_dead_letters_its_row_and_sends_no_none(
-        app: Flask, segment: FakeSegment, drift: FakeDriftApi, event: str) -> None:
+        app: Flask, segment: FakeSegment, drift: FakeDrift, event: str) -> None:
     drift.conversations["777"] = {"id": 777, "status": "open"}  # no contactId
     body = (webhook("phone_captured", {"conversationId": 777, "authorType": "user",
                                        "authorId": 9, "phoneNumber": "+1 555 0100"})
@@ -119,7 +120,7 @@ def test_a_conversation_without_a_contact_dead_letters_its_row_and_sends_no_none
 
 
 def test_a_hanging_drift_api_delays_only_the_rows_that_need_it(
-        app: Flask, segment: FakeSegment, drift: FakeDriftApi) -> None:
+        app: Flask, segment: FakeSegment, drift: FakeDrift) -> None:
     drift.delay[CONVERSATION] = 3.0
     slow = post(app, participant())
     good = post_good(app)
@@ -134,11 +135,11 @@ def test_a_hanging_drift_api_delays_only_the_rows_that_need_it(
     assert delivery.lookup_ended.wait(10)
     delivery.run_round()
     assert row(app, slow)["state"] == "delivered"
-    assert drift.calls.count(f"/conversations/{CONVERSATION}") == 1
+    assert drift.paths().count(f"/conversations/{CONVERSATION}") == 1
 
 
 def test_a_lookup_slower_than_its_timeout_is_retried_and_others_go_on(
-        make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> None:
+        make_app: AppFactory, segment: FakeSegment, drift: FakeDrift) -> None:
     app = make_app(SEGMENT_HOST=segment.url, DRIFT_API_URL=drift.url,
                    DRIFT_TIMEOUT_SECONDS=0.5, DELIVERY_LOOKUP_WAIT_SECONDS=0.1)
     drift.delay[CONVERSATION] = 2.0
@@ -157,7 +158,7 @@ def test_a_lookup_slower_than_its_timeout_is_retried_and_others_go_on(
 @pytest.mark.parametrize("garbage", [b"not json", b"[" * 5000 + b"]" * 5000,
                                      b'{"data": "a string"}', b"[1, 2]"])
 def test_a_garbage_drift_answer_retries_only_that_row(
-        app: Flask, segment: FakeSegment, drift: FakeDriftApi, garbage: bytes) -> None:
+        app: Flask, segment: FakeSegment, drift: FakeDrift, garbage: bytes) -> None:
     drift.garbage[CONVERSATION] = garbage
     bad = post(app, participant())
     good = post_good(app)
@@ -325,7 +326,7 @@ def test_a_lookup_answering_a_byte_at_a_time_frees_its_slot_and_is_retried() -> 
 
 
 def test_garbled_retry_after_and_refresh_answers_are_retried(
-        app: Flask, segment: FakeSegment, drift: FakeDriftApi,
+        app: Flask, segment: FakeSegment, drift: FakeDrift,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from drift_segment_source.drift_api import seconds
 

@@ -20,8 +20,8 @@ from drift_segment_source.app import make_delivery
 from drift_segment_source.store.commits import GroupCommit, StoreUnavailable
 
 from .conftest import TOKEN, AppFactory, webhook
-from .fakes import FakeSegment
 from .live_server import serving
+from .support.fake_segment import FakeSegment
 
 SURROGATE = "\\ud83d"  # a truncated emoji, as a JSON escape: json.loads accepts it
 

@@ -12,7 +12,7 @@ from drift_segment_source import create_app
 from drift_segment_source.app import make_delivery
 
 from .conftest import DRIFT_API_URL, TOKEN, AppFactory, webhook
-from .fakes import FakeSegment
+from .support.fake_segment import FakeSegment
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -86,3 +86,16 @@ def test_no_import_cycles() -> None:
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_system_tests_and_their_support_import_nothing_from_the_package() -> None:
+    # The system tier checks whatever engine is inside through HTTP and the CLI only.
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted([*(tests / "system").rglob("*.py"), *(tests / "support").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) \
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(tests)}: {name}" for name in names
+                          if name == NAME or name.startswith(NAME + ".")]
+    assert offenders == []

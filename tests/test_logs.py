@@ -10,7 +10,7 @@ import pytest
 from drift_segment_source.app import make_delivery
 
 from .conftest import TOKEN, AppFactory, webhook
-from .fakes import FakeSegment
+from .support.fake_segment import FakeSegment
 
 MARKER = "very-private-visitor-text-4242"
 WRITE_KEY = "wk-secret-0123456789abcdef"

@@ -11,12 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
 import sqlalchemy
 from flask import Flask
 
@@ -31,7 +29,6 @@ from .app_mode import (
     CLIENT_SECRET,
     ORG_A,
     ORG_B,
-    SECRET_KEY,
     WRITE_KEY_A,
     WRITE_KEY_B,
     app_mode_settings,
@@ -40,9 +37,8 @@ from .app_mode import (
     webhook_file,
 )
 from .conftest import AppFactory
-from .fake_drift import FakeDrift
-from .fakes import FakeSegment
-from .service import Service
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
 
 NEW_CONVERSATION = "Drift Source Event: new_conversation"
 ROUTER_HEADERS = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "relay.example.com",
@@ -127,39 +123,6 @@ def test_self_hosted_mode_does_not_use_public_url(make_app: AppFactory) -> None:
 def test_a_negative_number_of_proxies_is_refused(make_app: AppFactory) -> None:
     with pytest.raises(config.ConfigError, match="TRUSTED_PROXIES"):
         make_app(TRUSTED_PROXIES=-1)
-
-
-def test_serve_refuses_app_mode_with_an_http_public_url(tmp_path: Path) -> None:
-    service = Service("serve", {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'store.sqlite3'}",
-        "DRIFT_CLIENT_ID": CLIENT_ID, "DRIFT_CLIENT_SECRET": CLIENT_SECRET,
-        "SECRET_KEY": SECRET_KEY, "PUBLIC_URL": "http://relay.example.com",
-    }, tmp_path / "service.log")
-    try:
-        assert service.process.wait(timeout=30) != 0
-        assert "PUBLIC_URL must be an https URL in app mode" in service.log()
-    finally:
-        service.stop()
-
-
-@pytest.mark.slow
-def test_serve_behind_a_router_answers_with_https_urls_and_secure_cookies(
-        tmp_path: Path) -> None:
-    service = Service("serve", {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'store.sqlite3'}",
-        "DRIFT_CLIENT_ID": CLIENT_ID, "DRIFT_CLIENT_SECRET": CLIENT_SECRET,
-        "SECRET_KEY": SECRET_KEY, "WEB_CONCURRENCY": "1",
-    }, tmp_path / "service.log")
-    try:
-        service.wait_ready()
-        answer = requests.get(service.url + "/oauth/install", headers=ROUTER_HEADERS,
-                              allow_redirects=False, timeout=10)
-        assert answer.status_code == 302
-        assert redirect_uri(answer.headers["Location"]) == (
-            "https://relay.example.com/oauth/callback")
-        assert "Secure" in answer.headers["Set-Cookie"]
-    finally:
-        assert service.stop() == 0
 
 
 # -- regions ----------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ from .app_mode import (
     install,
 )
 from .conftest import AppFactory
-from .fake_drift import FakeDrift
-from .fakes import FakeSegment
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
 
 log = logging.getLogger("drift_segment_source.test")
 

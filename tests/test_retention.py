@@ -12,25 +12,12 @@ from flask import Flask
 from drift_segment_source.app import make_delivery
 
 from .conftest import TOKEN, AppFactory, seen_now, webhook
-from .fakes import FakeSegment
+from .support.clock import FakeClock
+from .support.fake_segment import FakeSegment
 
 HOUR = 3600
 DAY = 86_400
 
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    # In the past of the host's clock: the store's cut-offs never run ahead of the
-    # database's own clock, which is the host's.
-    def __init__(self, now: float = 1_750_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def counter(app: Flask, what: str) -> float:
@@ -53,7 +40,7 @@ def logged(capfd: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
 
 def test_held_rows_become_dead_letters_with_the_reason_after_their_maximum_age(
         make_app: AppFactory, capfd: pytest.CaptureFixture[str]) -> None:
-    clock = Clock()
+    clock = FakeClock()
     # A self-hosted service without a Drift token holds the events that need a lookup.
     app = make_app(CLOCK=clock, DRIFT_ACCESS_TOKEN="", ADMIN_TOKEN="admin-token-123456")
     client = app.test_client()
@@ -82,7 +69,7 @@ def test_held_rows_become_dead_letters_with_the_reason_after_their_maximum_age(
 def test_dead_letters_and_quarantine_are_deleted_after_their_retention_counted_first(
         make_app: AppFactory, segment: FakeSegment,
         capfd: pytest.CaptureFixture[str]) -> None:
-    clock = Clock()
+    clock = FakeClock()
     app = make_app(CLOCK=clock, SEGMENT_HOST=segment.url)
     client = app.test_client()
     client.post("/webhooks/drift", json=conversation(1))

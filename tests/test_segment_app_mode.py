@@ -17,10 +17,9 @@ from drift_segment_source.store.db import orgs
 
 from .app_mode import ORG_A, ORG_B, app_mode_settings, install
 from .conftest import AppFactory
-from .fake_drift import FakeDrift
-from .fake_drift_contacts import FakeDriftContacts
-from .fakes import FakeSegment
-from .segment_sender import headers, stringify
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
+from .support.webhooks import headers, stringify
 
 TRACK = {"type": "track", "messageId": "t-1", "userId": "user-8841", "event": "Order Completed",
          "timestamp": "2024-04-29T19:40:00.123Z"}
@@ -111,7 +110,7 @@ def test_delivery_writes_with_the_orgs_token_and_refreshes_it_on_a_401(
         app: Flask, drift: FakeDrift) -> None:
     _, secret = secret_on_setup_page(app, drift, ORG_A)
     valid_tokens: Callable[[str], bool] = lambda token: token in drift._access  # noqa: E731
-    with FakeDriftContacts(authorised=valid_tokens) as contacts:
+    with FakeDrift(authorised=valid_tokens) as contacts:
         contacts.add_contact({"id": 21760538950, "createdAt": 0,
                               "attributes": {"externalId": "user-8841"}})
         assert post(app, f"/webhooks/segment/{ORG_A}", secret)[1]["status"] == "accepted"

@@ -24,11 +24,10 @@ from sqlalchemy import text
 
 from drift_segment_source.app import make_delivery
 
-from .conftest import AppFactory
-from .fake_drift_contacts import FakeDriftContacts
+from .conftest import ROOT, AppFactory
 from .live_server import serving
-from .reliability import save_report
-from .segment_sender import SECRET, headers, received, stringify
+from .support.fake_drift import FakeDrift
+from .support.webhooks import DRIFT_TOKEN, SECRET, headers, received, stringify
 
 pytestmark = pytest.mark.slow  # a measurement: about 40 s per database
 
@@ -38,8 +37,8 @@ BATCH = 50
 
 
 @pytest.fixture
-def drift() -> Iterator[FakeDriftContacts]:
-    with FakeDriftContacts() as fake:
+def drift() -> Iterator[FakeDrift]:
+    with FakeDrift(token=DRIFT_TOKEN) as fake:
         yield fake
 
 
@@ -95,6 +94,14 @@ def post_all(url: str, messages: list[dict[str, Any]]) -> Counter[str]:
     return answers
 
 
+def save_report(name: str, report: dict[str, Any]) -> None:
+    """Keep the figures as a test artefact (test-artifacts/<name>.json) and print them."""
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / f"{name}.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    print(f"\n{name}: {json.dumps(report, sort_keys=True)}")
+
+
 def delivered(store: Any) -> int:
     return sum(number for (_, state), number in store.counts().items() if state == "delivered")
 
@@ -105,7 +112,7 @@ def metric(outcome: str) -> float:
 
 
 def test_a_burst_of_1000_segment_events_with_429s_is_delivered_once_each(
-        make_app: AppFactory, drift: FakeDriftContacts, database_url: str) -> None:
+        make_app: AppFactory, drift: FakeDrift, database_url: str) -> None:
     app = make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url,
                    DELIVERY_LOOKUP_WAIT_SECONDS=0.25, DELIVERY_POLL_SECONDS=0.05,
                    DELIVERY_BACKOFF_SECONDS=0.2, DELIVERY_BACKOFF_MAX_SECONDS=2,

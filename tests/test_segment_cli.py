@@ -14,9 +14,9 @@ from drift_segment_source.app import make_delivery
 from drift_segment_source.cli import main
 
 from .conftest import ROOT, TOKEN, AppFactory
-from .fake_drift_contacts import FakeDriftContacts
 from .live_server import serving
-from .segment_sender import SECRET, headers, stringify
+from .support.fake_drift import FakeDrift
+from .support.webhooks import DRIFT_TOKEN, SECRET, headers, stringify
 
 SEGMENT_FIXTURES = ROOT / "fixtures" / "segment"
 
@@ -27,8 +27,8 @@ def run(*args: str) -> tuple[int, str]:
 
 
 @pytest.fixture
-def drift() -> Iterator[FakeDriftContacts]:
-    with FakeDriftContacts() as fake:
+def drift() -> Iterator[FakeDrift]:
+    with FakeDrift(token=DRIFT_TOKEN) as fake:
         yield fake
 
 
@@ -83,7 +83,7 @@ def test_replay_signs_segment_messages_with_the_secret(make_app: AppFactory) -> 
 
 
 def test_deadletters_lists_and_retries_segment_rows(make_app: AppFactory, database_url: str,
-                                                    drift: FakeDriftContacts,
+                                                    drift: FakeDrift,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     app = make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url,
                    SEGMENT_UNKNOWN_USER_RETRY_MINUTES=0)

@@ -19,38 +19,30 @@ from drift_segment_source.drift_api import Credentials, DriftApiError
 from drift_segment_source.sources.segment.translators import Timeline, Upsert
 
 from .conftest import FIXED_RECEIPT, AppFactory
-from .fake_drift_contacts import FakeDriftContacts
-from .fakes import FakeSegment
-from .segment_sender import SECRET, sign, stringify
+from .support.clock import FakeClock
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
+from .support.webhooks import DRIFT_TOKEN, SECRET, sign, stringify
 
 KNOWN = {"id": 21760538950, "createdAt": 1714300000000,
          "attributes": {"email": "ada@example.com", "externalId": "user-8841"}}
 
 
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = FIXED_RECEIPT
-
-    def __call__(self) -> float:
-        return self.now
-
 
 @pytest.fixture
-def drift() -> Iterator[FakeDriftContacts]:
-    with FakeDriftContacts() as fake:
+def drift() -> Iterator[FakeDrift]:
+    with FakeDrift(token=DRIFT_TOKEN) as fake:
         yield fake
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(FIXED_RECEIPT)
 
 
 @pytest.fixture
-def app(make_app: AppFactory, drift: FakeDriftContacts, segment: FakeSegment,
-        clock: Clock) -> Flask:
+def app(make_app: AppFactory, drift: FakeDrift, segment: FakeSegment,
+        clock: FakeClock) -> Flask:
     return make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url,
                     SEGMENT_HOST=segment.url, CLOCK=clock, SEGMENT_UNKNOWN_USER_RETRY_MINUTES=1)
 
@@ -82,7 +74,7 @@ def states(app: Flask) -> dict[str, int]:
 
 
 def test_a_track_waits_for_its_users_identify_then_is_delivered(
-        app: Flask, drift: FakeDriftContacts, segment: FakeSegment, clock: Clock) -> None:
+        app: Flask, drift: FakeDrift, segment: FakeSegment, clock: FakeClock) -> None:
     delivery = make_delivery(app)
     send(app, track())
     delivery.run_round()
@@ -91,9 +83,9 @@ def test_a_track_waits_for_its_users_identify_then_is_delivered(
     assert "Drift has no contact with externalId 'user-8841'" in waiting["last_error"]
 
     send(app, identify())
-    clock.now += 5
+    clock.advance(5)
     delivery.run_round()
-    clock.now += 5
+    clock.advance(5)
     delivery.run_round()
     assert states(app) == {"delivered": 2}
     assert drift.by_external_id("user-8841") is not None
@@ -102,14 +94,14 @@ def test_a_track_waits_for_its_users_identify_then_is_delivered(
 
 
 def test_an_unknown_user_is_dead_lettered_after_the_retry_window(
-        app: Flask, drift: FakeDriftContacts, clock: Clock) -> None:
+        app: Flask, drift: FakeDrift, clock: FakeClock) -> None:
     delivery = make_delivery(app)
     send(app, track("user-never"))
     delivery.run_round()
-    clock.now += 30
+    clock.advance(30)
     delivery.run_round()
     assert states(app) == {"pending": 1}
-    clock.now += 31
+    clock.advance(31)
     delivery.run_round()
     assert states(app) == {"dead": 1}
     [dead] = app.extensions["store"].dead_letters()
@@ -119,7 +111,7 @@ def test_an_unknown_user_is_dead_lettered_after_the_retry_window(
 
 
 def test_an_identify_without_email_for_an_unknown_user_waits_for_one(
-        app: Flask, drift: FakeDriftContacts) -> None:
+        app: Flask, drift: FakeDrift) -> None:
     send(app, identify("user-new", name="No Email"))
     make_delivery(app).run_round()
     [waiting] = app.extensions["store"].retrying()
@@ -128,7 +120,7 @@ def test_an_identify_without_email_for_an_unknown_user_waits_for_one(
 
 
 def test_drift_429_is_retried_no_sooner_than_its_retry_after(
-        make_app: AppFactory, drift: FakeDriftContacts, clock: Clock) -> None:
+        make_app: AppFactory, drift: FakeDrift, clock: FakeClock) -> None:
     app = make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url, CLOCK=clock,
                    DELIVERY_BACKOFF_MAX_SECONDS=900)
     drift.add_contact(KNOWN)
@@ -139,7 +131,7 @@ def test_drift_429_is_retried_no_sooner_than_its_retry_after(
     [waiting] = app.extensions["store"].retrying()
     assert waiting["last_error"].startswith("Drift API 429")
     assert waiting["next_attempt_at"] >= clock.now + 30
-    clock.now += 31
+    clock.advance(31)
     delivery.run_round()
     assert states(app) == {"delivered": 1}
     assert len(drift.timeline) == 1
@@ -149,7 +141,7 @@ def test_drift_429_is_retried_no_sooner_than_its_retry_after(
     (400, "Drift API 400"),
     (403, "needs the Drift token's contact_write scope"),
 ])
-def test_a_refusal_is_dead_lettered_with_the_reason(app: Flask, drift: FakeDriftContacts,
+def test_a_refusal_is_dead_lettered_with_the_reason(app: Flask, drift: FakeDrift,
                                                     status: int, reason: str) -> None:
     drift.add_contact(KNOWN)
     drift.fail_next(1, status)
@@ -169,7 +161,7 @@ def test_unknown_users_are_answers_not_an_outage(app: Flask) -> None:
 
 
 def test_a_drift_outage_opens_the_circuit_and_costs_no_dead_letter(
-        app: Flask, drift: FakeDriftContacts, clock: Clock) -> None:
+        app: Flask, drift: FakeDrift, clock: FakeClock) -> None:
     drift.add_contact(KNOWN)
     drift.fail_next(1000, 503)
     for n in range(6):
@@ -179,7 +171,7 @@ def test_a_drift_outage_opens_the_circuit_and_costs_no_dead_letter(
     assert delivery.breakers.is_open(drift_key(0))
     assert states(app) == {"pending": 6}
     drift.fail_next(0)
-    clock.now += 60
+    clock.advance(60)
     delivery.run_round()
     delivery.run_round()
     assert states(app) == {"delivered": 6}
@@ -187,7 +179,7 @@ def test_a_drift_outage_opens_the_circuit_and_costs_no_dead_letter(
 
 
 def test_without_a_drift_token_segment_messages_are_held(
-        make_app: AppFactory, drift: FakeDriftContacts) -> None:
+        make_app: AppFactory, drift: FakeDrift) -> None:
     app = make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url,
                    DRIFT_ACCESS_TOKEN=None)
     send(app, track())
@@ -197,11 +189,11 @@ def test_without_a_drift_token_segment_messages_are_held(
 
 
 def test_a_slow_write_finishes_beside_the_round_and_is_made_once(
-        make_app: AppFactory, drift: FakeDriftContacts) -> None:
+        make_app: AppFactory, drift: FakeDrift) -> None:
     app = make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url,
                    DELIVERY_LOOKUP_WAIT_SECONDS=0.05)
     drift.add_contact(KNOWN)
-    drift.delay = 0.5
+    drift.delay_every = 0.5
     send(app, track())
     delivery = make_delivery(app)
     delivery.run_round()
@@ -218,7 +210,7 @@ def test_a_slow_write_finishes_beside_the_round_and_is_made_once(
 
 
 def test_rows_whose_retries_fall_on_one_time_are_all_recorded(
-        make_app: AppFactory, drift: FakeDriftContacts, clock: Clock) -> None:
+        make_app: AppFactory, drift: FakeDrift, clock: FakeClock) -> None:
     """Rows at different attempts told the same Retry-After are due at the same time: every
     one of them is recorded, none left leased until its lease runs out."""
     app = make_app(SEGMENT_SHARED_SECRET=SECRET, DRIFT_API_URL=drift.url, CLOCK=clock,
@@ -230,7 +222,7 @@ def test_rows_whose_retries_fall_on_one_time_are_all_recorded(
     delivery.run_round()  # t-1 is now at its first attempt, retried in 5 s
     send(app, track(message_id="t-ok"))
     delivery.run_round()  # a success in between keeps the Drift circuit closed
-    clock.now += 6
+    clock.advance(6)
     send(app, track(message_id="t-2"))
     drift.fail_next(2, 429, retry_after="30")
     delivery.run_round()  # t-1 (second attempt) and t-2 (first): both told 30 s

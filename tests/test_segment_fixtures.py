@@ -22,8 +22,8 @@ from drift_segment_source.app import make_delivery
 from drift_segment_source.sources.segment.translators import SEGMENT_TRANSLATORS
 
 from .conftest import ROOT, AppFactory
-from .fake_drift_contacts import FakeDriftContacts
-from .segment_sender import SECRET, headers
+from .support.fake_drift import FakeDrift
+from .support.webhooks import DRIFT_TOKEN, SECRET, headers
 
 FIXTURES = ROOT / "fixtures" / "segment"
 CASES = sorted(path for path in FIXTURES.glob("*/*.json")
@@ -31,8 +31,8 @@ CASES = sorted(path for path in FIXTURES.glob("*/*.json")
 
 
 @pytest.fixture
-def drift() -> Iterator[FakeDriftContacts]:
-    with FakeDriftContacts() as fake:
+def drift() -> Iterator[FakeDrift]:
+    with FakeDrift(token=DRIFT_TOKEN) as fake:
         yield fake
 
 
@@ -46,7 +46,7 @@ def test_every_case_has_its_drift_calls() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: f"{case.parent.name}/{case.stem}")
 def test_fixture_makes_its_exact_drift_calls(case: Path, make_app: AppFactory, fixed_clock: Any,
-                                             drift: FakeDriftContacts) -> None:
+                                             drift: FakeDrift) -> None:
     expected = json.loads(case.with_name(case.stem + ".drift.json").read_text())
     for contact in expected["contacts"]:
         drift.add_contact(contact)

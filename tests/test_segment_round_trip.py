@@ -13,19 +13,19 @@ from flask import Flask
 from drift_segment_source.app import make_delivery
 
 from .conftest import FIXTURES, AppFactory
-from .fake_drift_contacts import FakeDriftContacts
-from .fakes import FakeSegment
-from .segment_sender import SECRET, headers, stringify
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
+from .support.webhooks import DRIFT_TOKEN, SECRET, headers, stringify
 
 
 @pytest.fixture
-def drift() -> Iterator[FakeDriftContacts]:
-    with FakeDriftContacts() as fake:
+def drift() -> Iterator[FakeDrift]:
+    with FakeDrift(token=DRIFT_TOKEN) as fake:
         yield fake
 
 
 @pytest.fixture
-def app(make_app: AppFactory, segment: FakeSegment, drift: FakeDriftContacts,
+def app(make_app: AppFactory, segment: FakeSegment, drift: FakeDrift,
         fixed_clock: Any) -> Flask:
     # Stitching gives the messages a userId, so without the guard they would reach Drift.
     return make_app(SEGMENT_HOST=segment.url, SEGMENT_SHARED_SECRET=SECRET,
@@ -64,7 +64,7 @@ def forward(app: Flask, messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_a_drift_event_forwarded_back_by_segment_is_ignored_by_the_loop_guard(
-        app: Flask, segment: FakeSegment, drift: FakeDriftContacts) -> None:
+        app: Flask, segment: FakeSegment, drift: FakeDrift) -> None:
     reply = forward(app, relay_to_segment(app, segment))
     assert reply["counts"] == {"ignored": 2}
     assert all("drift-segment-source itself (loop guard)" in result["reason"]
@@ -75,7 +75,7 @@ def test_a_drift_event_forwarded_back_by_segment_is_ignored_by_the_loop_guard(
 
 
 def test_integrations_drift_false_alone_still_stops_the_echo(
-        app: Flask, segment: FakeSegment, drift: FakeDriftContacts) -> None:
+        app: Flask, segment: FakeSegment, drift: FakeDrift) -> None:
     """A workspace that rewrites context (a Segment Function, say) loses the integration
     name; the ``integrations: {"Drift": false}`` every message carries still stops it."""
     messages = relay_to_segment(app, segment)
@@ -88,7 +88,7 @@ def test_integrations_drift_false_alone_still_stops_the_echo(
 
 
 def test_without_both_guards_the_same_messages_would_reach_drift(
-        app: Flask, segment: FakeSegment, drift: FakeDriftContacts) -> None:
+        app: Flask, segment: FakeSegment, drift: FakeDrift) -> None:
     """The control: it is the guard, not the messages' shape, that keeps them out."""
     messages = relay_to_segment(app, segment)
     for message in messages:

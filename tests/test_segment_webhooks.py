@@ -11,7 +11,7 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from .conftest import AppFactory
-from .segment_sender import SECRET, received, sign, stringify
+from .support.webhooks import SECRET, received, sign, stringify
 
 
 def identify(message_id: str = "m-1", **extra: Any) -> dict[str, Any]:

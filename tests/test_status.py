@@ -10,7 +10,7 @@ from flask import Flask
 from drift_segment_source.app import make_delivery
 
 from .conftest import AppFactory, webhook
-from .fakes import FakeSegment
+from .support.fake_segment import FakeSegment
 
 ADMIN = "admin-token-0123456789"
 

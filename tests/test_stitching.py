@@ -19,28 +19,29 @@ from drift_segment_source.cli import main
 from drift_segment_source.delivery.stitching import DRIFT_AID_PATTERN, Stitching
 
 from .conftest import FIXTURES, TOKEN, AppFactory, webhook
-from .fakes import FakeDriftApi, FakeSegment
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
 
 DRIFT_AID = "189f059b-4b5e-4c28-988c-b1764ae86fc"  # Drift's own documented example
 
 
 @pytest.fixture
-def drift() -> Iterator[FakeDriftApi]:
-    with FakeDriftApi() as fake:
+def drift() -> Iterator[FakeDrift]:
+    with FakeDrift() as fake:
         yield fake
 
 
 @pytest.fixture
-def app(make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> Flask:
+def app(make_app: AppFactory, segment: FakeSegment, drift: FakeDrift) -> Flask:
     return make_app(SEGMENT_HOST=segment.url, DRIFT_API_URL=drift.url,
                     IDENTITY_STITCHING="external_id")
 
 
-def contact(drift: FakeDriftApi, contact_id: int, external_id: str | None,
+def contact(drift: FakeDrift, contact_id: int, external_id: str | None,
             email: str | None = None) -> None:
     attributes = {key: value for key, value in {"externalId": external_id,
                                                 "email": email}.items() if value}
-    drift.contacts[str(contact_id)] = {"id": contact_id, "attributes": attributes}
+    drift.add_contact({"id": contact_id, "attributes": attributes})
 
 
 def conversation(number: int, contact_id: int) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def test_a_bad_setting_stops_the_service_at_start(tmp_path: Any) -> None:
 
 
 def test_the_link_is_sent_once_per_contact_even_across_restarts(
-        app: Flask, make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> None:
+        app: Flask, make_app: AppFactory, segment: FakeSegment, drift: FakeDrift) -> None:
     contact(drift, 7001, "user-7001", "ada@example.com")
     post(app, conversation(1, 7001))
     post(app, conversation(2, 7001))
@@ -114,7 +115,7 @@ def test_the_link_is_sent_once_per_contact_even_across_restarts(
 
 
 def test_a_changed_external_id_gets_a_new_link(app: Flask, segment: FakeSegment,
-                                                drift: FakeDriftApi) -> None:
+                                                drift: FakeDrift) -> None:
     post(app, webhook("contact_identified", {"endUserId": 7002, "email": "a@example.com",
                                              "attributes": {"externalId": "old-id"}}))
     drain(app)
@@ -129,7 +130,7 @@ def test_a_changed_external_id_gets_a_new_link(app: Flask, segment: FakeSegment,
 
 
 def test_an_anonymous_or_unknown_contact_is_sent_without_user_id_never_lost(
-        app: Flask, segment: FakeSegment, drift: FakeDriftApi) -> None:
+        app: Flask, segment: FakeSegment, drift: FakeDrift) -> None:
     contact(drift, 7003, DRIFT_AID)
     post(app, conversation(1, 7003))
     post(app, conversation(2, 7004))  # Drift answers 404: it does not know the contact
@@ -139,7 +140,7 @@ def test_an_anonymous_or_unknown_contact_is_sent_without_user_id_never_lost(
 
 
 def test_an_external_id_too_long_for_segment_never_loses_the_event(
-        app: Flask, segment: FakeSegment, drift: FakeDriftApi) -> None:
+        app: Flask, segment: FakeSegment, drift: FakeDrift) -> None:
     """The door measures messages without userId; stitching must not make an accepted
     webhook undeliverable. A 33 KB externalId from the Drift API, or a 1.5 KB one
     on a message that was already near the 32 KB limit, goes out without userId."""
@@ -165,7 +166,7 @@ def test_an_external_id_too_long_for_segment_never_loses_the_event(
 
 
 def test_a_failing_contact_lookup_delays_only_its_rows(
-        make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> None:
+        make_app: AppFactory, segment: FakeSegment, drift: FakeDrift) -> None:
     app = make_app(SEGMENT_HOST=segment.url, DRIFT_API_URL=drift.url,
                    IDENTITY_STITCHING="external_id", DELIVERY_BACKOFF_SECONDS=60,
                    DELIVERY_BACKOFF_MAX_SECONDS=60)
@@ -181,7 +182,7 @@ def test_a_failing_contact_lookup_delays_only_its_rows(
 
 
 def test_without_a_drift_token_only_what_webhooks_say_counts(
-        make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> None:
+        make_app: AppFactory, segment: FakeSegment, drift: FakeDrift) -> None:
     app = make_app(SEGMENT_HOST=segment.url, DRIFT_API_URL=drift.url, DRIFT_ACCESS_TOKEN="",
                    IDENTITY_STITCHING="external_id")
     post(app, conversation(1, 7007))
@@ -197,7 +198,7 @@ def test_without_a_drift_token_only_what_webhooks_say_counts(
 
 
 def test_a_burst_for_few_contacts_makes_one_lookup_per_contact(
-        make_app: AppFactory, segment: FakeSegment, drift: FakeDriftApi) -> None:
+        make_app: AppFactory, segment: FakeSegment, drift: FakeDrift) -> None:
     app = make_app(SEGMENT_HOST=segment.url, DRIFT_API_URL=drift.url,
                    IDENTITY_STITCHING="external_id", DELIVERY_BATCH_SIZE=500)
     for number in range(50):
@@ -205,7 +206,7 @@ def test_a_burst_for_few_contacts_makes_one_lookup_per_contact(
     for number in range(1000):
         post(app, conversation(number, 8000 + number % 50))
     drain(app)
-    lookups = Counter(path for path in drift.calls if path.startswith("/contacts/"))
+    lookups = Counter(drift.paths("/contacts/"))
     print(f"\n1,000 webhooks for 50 contacts: {sum(lookups.values())} Drift contact lookups")
     assert len(segment.message_id_counts()) == 1000 + 25  # every event, 25 links
     assert sum(lookups.values()) == 50 and set(lookups.values()) == {1}

@@ -31,9 +31,9 @@ from .app_mode import (
     webhook_file,
 )
 from .conftest import AppFactory
-from .fake_drift import FakeDrift
-from .fakes import FakeSegment
-from .service import free_port
+from .support.fake_drift import FakeDrift
+from .support.fake_segment import FakeSegment
+from .support.loopback import free_port
 
 NEW_CONVERSATION = "Drift Source Event: new_conversation"
 
