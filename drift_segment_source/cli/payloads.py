@@ -76,11 +76,10 @@ class Translation:
     def drift_webhook(self, path: Path, document: Any) -> dict[str, Any]:
         """The Segment batch a Drift webhook file becomes, as delivery would build it; the
         Drift API answers recorded beside the file stand in for the API when present."""
-        from ..delivery.stitching import facts_of_contact, merged
+        from ..delivery.to_segment import contact_id_of, segment_messages
         from ..drift_api import Credentials, DriftApi
         from ..sources.drift.envelope import read_envelope
         from ..sources.drift.translators import TRANSLATORS
-        from ..sources.drift.translators import translate as to_calls
 
         envelope = read_envelope(document)
         translator = TRANSLATORS.get(envelope.event_type)
@@ -94,6 +93,7 @@ class Translation:
             drift_api = DriftApi(self.settings["DRIFT_API_URL"], 1.0,
                                  session=recorded_session(recorded, self.settings["DRIFT_API_URL"]))
             credentials = credentials or Credentials("recorded-answers")
+        received_at = self.received.timestamp()
         conversation = None
         needed = translator.conversation_needed(data)
         if needed is not None:
@@ -102,16 +102,19 @@ class Translation:
                     f"{path}: needs GET /conversations/{needed}; set DRIFT_ACCESS_TOKEN, or "
                     f"record Drift's answer beside it ({path.stem}{RECORDED_SUFFIX})")
             conversation = drift_api.conversation(envelope.org_id, needed, credentials)
-        calls = to_calls(translator, envelope.org_id, data, self.received, conversation)
-        if self.stitching is not None and calls:
+        contact = None
+        if (self.stitching is not None and credentials is not None
+                and translator.contact_facts(data).external_id is None):
             # As delivery does it: the webhook's own facts, else the Drift API's.
-            facts = translator.contact_facts(data)
-            if facts.external_id is None and credentials is not None:
-                facts = merged(facts, facts_of_contact(drift_api.contact(
-                    envelope.org_id, calls[0].anonymous_id, credentials)))
-            calls, link = self.stitching.stitch(envelope.org_id, calls, facts)
-            calls = ([link.call] if link else []) + calls
-        return {"file": str(path), "batch": [self.builder.build(call) for call in calls]}
+            contact_id = contact_id_of(translator, envelope.org_id, data, received_at,
+                                       conversation)
+            if contact_id is not None:
+                contact = drift_api.contact(envelope.org_id, contact_id, credentials)
+        built = segment_messages(translator, envelope.org_id, data, received_at, self.builder,
+                                 conversation=conversation, stitching=self.stitching,
+                                 contact=contact)
+        batch = ([built.link[1]] if built.link else []) + built.messages
+        return {"file": str(path), "batch": batch}
 
     def segment_messages(self, path: Path, document: Any) -> dict[str, Any]:
         """The Drift actions a Segment message file becomes (the Segment → Drift direction)."""

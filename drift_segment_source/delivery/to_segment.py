@@ -70,6 +70,15 @@ def segment_messages(translator: Translator, org_id: int, data: dict[str, Any],
     return Built([builder.build(call) for call in calls])
 
 
+def contact_id_of(translator: Translator, org_id: int, data: dict[str, Any],
+                  received_at: float, conversation: Mapping[str, Any] | None) -> str | None:
+    """The Drift contact an event is about (the anonymousId of its first message), whose
+    externalId identity stitching looks up; None when the event makes no message."""
+    calls = translate(translator, org_id, data, datetime.fromtimestamp(received_at, tz=UTC),
+                      conversation)
+    return calls[0].anonymous_id if calls else None
+
+
 class ToSegment:
     """Prepares claimed Drift rows: lookups started, messages built, or an outcome filed."""
 
@@ -121,11 +130,10 @@ class ToSegment:
                 conversation: Mapping[str, Any] | None, known: Known, outcomes: Outcomes,
                 waiting: list[Waiting]) -> Any:
         """The contact as the Drift API knows it (None without a token), or WAIT."""
-        calls = translate(translator, row.org_id, data,
-                          datetime.fromtimestamp(row.received_at, tz=UTC), conversation)
-        if not calls:
+        contact_id = contact_id_of(translator, row.org_id, data, row.received_at, conversation)
+        if contact_id is None:
             return None
-        lookup = self.lookups.contact(row, calls[0].anonymous_id, known)
+        lookup = self.lookups.contact(row, contact_id, known)
         if lookup is None:
             return None
         return self.lookups.outcome(row, lookup, known, outcomes, waiting)

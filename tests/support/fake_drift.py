@@ -115,6 +115,10 @@ class FakeDrift:
         self._fail_every = 0
         self._fail_status = 429
         self._retry_after: str | None = None
+        self._fail_answer: dict[str, Any] | None = None
+        # A search index that matches externalIds regardless of case (creating a contact
+        # still needs an externalId no contact has exactly).
+        self.case_insensitive_search = False
         self._lock = threading.Lock()
         fake = self
 
@@ -178,17 +182,19 @@ class FakeDrift:
         with self._lock:
             self.contacts[int(contact["id"])] = json.loads(json.dumps(contact))
 
-    def fail_next(self, count: int, status: int = 429, retry_after: str | None = None) -> None:
-        """Fail the next ``count`` calls, whatever they ask."""
+    def fail_next(self, count: int, status: int = 429, retry_after: str | None = None,
+                  answer: dict[str, Any] | None = None) -> None:
+        """Fail the next ``count`` calls, whatever they ask (with ``answer`` as the body)."""
         with self._lock:
             self._fail_remaining, self._fail_status = count, status
-            self._retry_after = retry_after
+            self._retry_after, self._fail_answer = retry_after, answer
 
-    def fail_every(self, every: int, status: int = 429, retry_after: str | None = None) -> None:
-        """Fail every ``every``-th call."""
+    def fail_every(self, every: int, status: int = 429, retry_after: str | None = None,
+                   answer: dict[str, Any] | None = None) -> None:
+        """Fail every ``every``-th call (with ``answer`` as the body)."""
         with self._lock:
             self._fail_every, self._fail_status = every, status
-            self._retry_after = retry_after
+            self._retry_after, self._fail_answer = retry_after, answer
 
     def by_external_id(self, external_id: str) -> dict[str, Any] | None:
         """The contact with this externalId, if any."""
@@ -276,7 +282,8 @@ class FakeDrift:
             if failing:
                 self._fail_remaining = max(0, self._fail_remaining - 1)
                 self.failures += 1
-                status, answer = self._fail_status, {"error": {"type": "told_to_fail"}}
+                status = self._fail_status
+                answer = self._fail_answer or {"error": {"type": "told_to_fail"}}
                 if self._retry_after is not None:
                     headers["Retry-After"] = self._retry_after
             elif forced is not None:
@@ -407,7 +414,7 @@ class FakeDrift:
                   body: Any) -> Answer:
         if method == "GET" and len(parts) == 1:
             if query.get("idType") == "external":
-                return 200, {"data": self._all("externalId", query.get("id"))}
+                return 200, {"data": self._search_external_id(query.get("id"))}
             return 200, {"data": self._all("email", query.get("email"))}
         if method == "POST" and parts[1:] == ["timeline"]:
             return self._timeline(body)
@@ -422,6 +429,13 @@ class FakeDrift:
             if method == "PATCH":
                 return self._patch(contact, body)
         return 404, {"error": {"type": "not_found"}}
+
+    def _search_external_id(self, external_id: str | None) -> list[dict[str, Any]]:
+        if not self.case_insensitive_search or external_id is None:
+            return self._all("externalId", external_id)
+        wanted = external_id.casefold()
+        return [contact for contact in self.contacts.values()
+                if str(contact["attributes"].get("externalId", "")).casefold() == wanted]
 
     def _find(self, attribute: str, value: Any, lagging: bool = True) -> dict[str, Any] | None:
         found = self._all(attribute, value, lagging)

@@ -1,7 +1,7 @@
 """Crashes and shutdowns lose nothing: a SIGKILL mid-delivery, a SIGTERM with rows in
 flight and two workers on one PostgreSQL database, each counted at the fake Segment: every
 accepted webhook delivered, a copy only ever under the same messageId (which Segment
-drops), none lost (see docs/delivery.md)."""
+drops), none lost (see docs/reliability.md)."""
 
 from __future__ import annotations
 

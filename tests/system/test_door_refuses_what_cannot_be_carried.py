@@ -1,6 +1,6 @@
 """The door answers every body with a status that tells the truth, never a 5xx: what the
 store or Segment cannot carry is refused with a 4xx naming the problem, and what is
-accepted reaches Segment (see docs/webhooks.md).
+accepted reaches Segment (see docs/reliability.md#what-every-request-gets).
 
 One service (SQLite, each of its processes held to 1.5 GB of memory) serves the module.
 """

@@ -1,7 +1,7 @@
 """Failure stays with its row: whatever one stored webhook does (a lookup that hangs or
 trickles, a message Segment refuses, a Drift token that was revoked), the other rows are
 neither delayed nor dead-lettered by it, and rows that need no Drift lookup never wait
-behind rows that do (see docs/delivery.md)."""
+behind rows that do (see docs/reliability.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Nothing is lost: every webhook answered ``accepted`` (or ``duplicate``) reaches Segment,
 whatever the other webhooks committed or delivered with it do, and whatever garbage Drift's
-API answers on the way (see docs/delivery.md)."""
+API answers on the way (see docs/reliability.md)."""
 
 from __future__ import annotations
 

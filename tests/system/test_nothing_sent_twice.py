@@ -1,7 +1,7 @@
 """Nothing is sent twice: a Drift event keeps its messageId and its dedupe key over every
 way it can come again (redelivery, replay, ``backfill``) for longer than it can come
 again; a genuinely new event is never taken for an old one; a slow Segment answer never
-makes two loops post the same rows (see docs/delivery.md)."""
+makes two loops post the same rows (see docs/reliability.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Outages end fast: while Segment is down a circuit breaker stops spending attempts on it,
 nothing is delivered or dead-lettered meanwhile, and once a probe succeeds the backlog
-resumes within seconds, not at each row's next backoff (see docs/delivery.md)."""
+resumes within seconds, not at each row's next backoff (see docs/reliability.md)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,235 @@
+"""``scripts/run`` is safe by default: it binds 127.0.0.1, makes a random verification token
+when none is set (printed once, kept in ``instance/local.env`` for ``scripts/cli`` and a
+second shell), and the service refuses to pair a write key with the public token
+``local-dev-token``.
+
+The real scripts run here, bounded in time, in a scratch copy of the project's layout (their
+own ``instance/`` folder; the ``.venv`` is this one, so nothing is installed); every request
+goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from ..support.loopback import free_port
+from .conftest import FIXTURES, ROOT
+
+pytestmark = pytest.mark.slow
+
+START_SECONDS = 60
+PUBLIC_TOKEN = "local-dev-token"
+REAL_LOOKING_KEY = "AAAAwriteKeyOrgA0123456789abcdef"
+WEBHOOK = FIXTURES / "new_conversation" / "seed_example.json"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """The scripts in a folder of their own, beside this virtualenv."""
+    root = tmp_path / "project"
+    (root / "scripts").mkdir(parents=True)
+    for name in ("run", "cli"):
+        shutil.copy2(ROOT / "scripts" / name, root / "scripts" / name)
+    (root / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    return root
+
+
+def environment(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """This process's environment without any of the service's settings, plus ``settings``."""
+    kept = {name: value for name, value in os.environ.items()
+            if name not in {"DRIFT_VERIFICATION_TOKEN", "SEGMENT_WRITE_KEY", "BIND_HOST",
+                            "PORT", "DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR",
+                            "DRIFT_CLIENT_ID", "DRIFT_CLIENT_SECRET"}}
+    return {**kept, "DATABASE_URL": f"sqlite:///{tmp_path / 'store.sqlite3'}",
+            "WEB_CONCURRENCY": "1", "DELIVERY_IN_WEB": "false", **settings}
+
+
+class Run:
+    """``scripts/run`` as a child process in its own group, output to a file."""
+
+    def __init__(self, project: Path, env: dict[str, str], log: Path) -> None:
+        self.port = int(env["PORT"])
+        self.log_path = log
+        self._log = open(log, "ab")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen([str(project / "scripts" / "run")], env=env,
+                                        stdout=self._log, stderr=self._log,
+                                        start_new_session=True)
+
+    def wait_ready(self, host: str = "127.0.0.1") -> None:
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"scripts/run exited:\n{self.output()}")
+            try:
+                if requests.get(f"http://{host}:{self.port}/healthz", timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"scripts/run not ready in {START_SECONDS} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture
+def runs() -> Iterator[list[Run]]:
+    started: list[Run] = []
+    yield started
+    for run in started:
+        run.stop()
+
+
+def start(runs: list[Run], project: Path, env: dict[str, str], log: Path) -> Run:
+    run = Run(project, env, log)
+    runs.append(run)
+    return run
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a socket listening on ``port`` (from /proc/net/tcp*)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port_hex = fields[1].rsplit(":", 1)
+            if int(port_hex, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def post(port: int, token: str, host: str = "127.0.0.1") -> requests.Response:
+    return requests.post(f"http://{host}:{port}/webhooks/drift", data=WEBHOOK.read_bytes(),
+                         headers={"Content-Type": "application/json",
+                                  "X-Verification-Token": token}, timeout=30)
+
+
+def local_env(project: Path) -> dict[str, str]:
+    """instance/local.env as a second shell reads it."""
+    read = subprocess.run(["bash", "-c", "set -a; . instance/local.env; set +a; env"],
+                          cwd=project, env={"PATH": os.environ["PATH"]}, capture_output=True,
+                          text=True, timeout=30, check=True)
+    return dict(line.split("=", 1) for line in read.stdout.splitlines() if "=" in line)
+
+
+# -- binding ----------------------------------------------------------------------------------
+
+
+def test_run_binds_loopback_only_and_makes_a_token_of_its_own(
+        project: Path, tmp_path: Path, runs: list[Run]) -> None:
+    port = free_port()
+    run = start(runs, project, environment(tmp_path, PORT=str(port)), tmp_path / "run.log")
+    run.wait_ready()
+    assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and nothing else
+
+    saved = local_env(project)
+    token = saved["DRIFT_VERIFICATION_TOKEN"]
+    assert len(token) >= 32 and token != PUBLIC_TOKEN
+    assert run.output().count(token) == 1  # printed once
+    assert oct((project / "instance" / "local.env").stat().st_mode & 0o777) == "0o600"
+    assert post(port, PUBLIC_TOKEN).status_code == 401
+    assert post(port, token).json()["status"] == "accepted"
+
+
+def test_the_address_is_a_documented_setting(project: Path, tmp_path: Path,
+                                             runs: list[Run]) -> None:
+    port = free_port()
+    run = start(runs, project, environment(tmp_path, PORT=str(port), BIND_HOST="127.0.0.2"),
+                tmp_path / "run.log")
+    run.wait_ready(host="127.0.0.2")
+    assert listening_addresses(port) == {"0200007F"}
+
+
+# -- the token --------------------------------------------------------------------------------
+
+
+def test_a_second_shell_uses_the_same_settings_through_scripts_cli(
+        project: Path, tmp_path: Path, runs: list[Run]) -> None:
+    port = free_port()
+    run = start(runs, project, environment(tmp_path, PORT=str(port)), tmp_path / "run.log")
+    run.wait_ready()
+    second_shell = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    replayed = subprocess.run(
+        [str(project / "scripts" / "cli"), "replay", str(WEBHOOK), "--url",
+         f"http://127.0.0.1:{port}/webhooks/drift"],
+        env=second_shell, capture_output=True, text=True, timeout=60)
+    assert replayed.returncode == 0, replayed.stderr
+    assert json.loads(replayed.stdout.strip().splitlines()[-1]) == {"accepted": 1}
+    shown = subprocess.run([str(project / "scripts" / "cli"), "config"], env=second_shell,
+                           capture_output=True, text=True, timeout=60)
+    assert "nothing missing" in shown.stdout
+    assert "store.sqlite3" not in shown.stdout  # DATABASE_URL is a secret: masked
+
+
+def test_a_later_run_keeps_the_token_and_does_not_print_it_again(
+        project: Path, tmp_path: Path, runs: list[Run]) -> None:
+    port = free_port()
+    first = start(runs, project, environment(tmp_path, PORT=str(port)), tmp_path / "1.log")
+    first.wait_ready()
+    token = local_env(project)["DRIFT_VERIFICATION_TOKEN"]
+    first.stop()
+    again = start(runs, project, environment(tmp_path, PORT=str(port)), tmp_path / "2.log")
+    again.wait_ready()
+    assert local_env(project)["DRIFT_VERIFICATION_TOKEN"] == token
+    assert token not in again.output()
+    assert "instance/local.env" in again.output()
+    assert post(port, token).status_code == 200
+
+
+def test_a_token_given_is_used_and_a_write_key_goes_with_it(
+        project: Path, tmp_path: Path, runs: list[Run]) -> None:
+    port = free_port()
+    run = start(runs, project, environment(
+        tmp_path, PORT=str(port), DRIFT_VERIFICATION_TOKEN="my-own-token-0123456789",
+        SEGMENT_WRITE_KEY=REAL_LOOKING_KEY, SEGMENT_HOST="http://127.0.0.1:9"),
+        tmp_path / "run.log")
+    run.wait_ready()
+    assert post(port, "my-own-token-0123456789").json()["status"] == "accepted"
+    assert local_env(project)["SEGMENT_WRITE_KEY"] == REAL_LOOKING_KEY
+    assert "my-own-token-0123456789" not in run.output()
+
+
+@pytest.mark.parametrize("tokens", [PUBLIC_TOKEN, f"my-own-token-0123456789,{PUBLIC_TOKEN}"])
+def test_run_refuses_a_write_key_with_the_public_token(
+        project: Path, tmp_path: Path, tokens: str) -> None:
+    port = free_port()
+    refused = subprocess.run(
+        [str(project / "scripts" / "run")], capture_output=True, text=True,
+        timeout=START_SECONDS, env=environment(
+            tmp_path, PORT=str(port), DRIFT_VERIFICATION_TOKEN=tokens,
+            SEGMENT_WRITE_KEY=REAL_LOOKING_KEY))
+    assert refused.returncode != 0
+    assert "DRIFT_VERIFICATION_TOKEN" in refused.stderr and PUBLIC_TOKEN in refused.stderr
+    assert REAL_LOOKING_KEY not in refused.stderr + refused.stdout
+    assert listening_addresses(port) == set()
+
+
+# -- the rule, in the app itself (no process, no socket) ----------------------------------------
+
+
+
+

@@ -1,0 +1,131 @@
+"""Secrets stay out of the logs by construction: by field name, by shape, by value.
+
+The cost per line does not grow with the number of orgs (``bench/redaction.py`` measures
+it); these tests hold the behaviour: whatever a careless log call passes, a secret comes
+out as ``[redacted]``, and what is not a secret comes out as it went in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy
+from flask import Flask
+
+from drift_segment_source.app_mode.secrets_box import SecretBox
+from drift_segment_source.logs import REDACTED, JsonLines
+from drift_segment_source.store.db import orgs
+
+from ..support.fake_drift import FakeDrift
+from ..support.fake_segment import FakeSegment
+from .app_mode import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    ORG_A,
+    SECRET_KEY,
+    WRITE_KEY_A,
+    app_mode_settings,
+    install,
+)
+from .conftest import AppFactory
+
+log = logging.getLogger("drift_segment_source.test")
+
+
+def line(message: str, *args: object, **extra: object) -> dict[str, object]:
+    """What the service's formatter writes for one log call, read back."""
+    record = logging.LogRecord(log.name, logging.WARNING, __file__, 1, message, args, None)
+    record.__dict__.update(extra)
+    parsed: dict[str, object] = json.loads(JsonLines().format(record))
+    return parsed
+
+
+@pytest.fixture
+def drift() -> Iterator[FakeDrift]:
+    with FakeDrift(CLIENT_ID, CLIENT_SECRET) as fake:
+        yield fake
+
+
+@pytest.fixture
+def app_mode(make_app: AppFactory, drift: FakeDrift, segment: FakeSegment
+             ) -> Callable[..., Flask]:
+    return lambda **overrides: make_app(**app_mode_settings(drift, segment, **overrides))
+
+
+# -- an org's decrypted secrets, logged by accident -------------------------------------------
+
+
+def test_org_token_decrypted_here_is_redacted_from_a_message_and_any_extra_field(
+        app_mode: Callable[..., Flask], drift: FakeDrift,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    app = app_mode()
+    install(app.test_client(), drift, ORG_A, WRITE_KEY_A)
+    # Another process refreshed the token: this one has never seen it until it decrypts it.
+    token = "otherProcessToken" + secrets.token_hex(16)
+    directory = app.extensions["routing"].directory
+    with app.extensions["store"].engine.begin() as connection:
+        connection.execute(sqlalchemy.update(orgs).where(orgs.c.org_id == ORG_A).values(
+            access_token=SecretBox(SECRET_KEY).seal(token)))
+    directory.changed(ORG_A)
+    decrypted = directory.secrets(ORG_A)
+    assert decrypted.access_token == token
+    capfd.readouterr()
+    log.warning("calling Drift with %s for %s", token, decrypted.write_key)
+    log.warning("calling Drift", extra={"details": token, "org_token": token,
+                                        "headers": {"Authorization": f"Bearer {token}"},
+                                        "attempts": [f"tried {decrypted.write_key}"]})
+    output = capfd.readouterr().err
+    records = [json.loads(text) for text in output.splitlines()]
+    assert token not in output and WRITE_KEY_A not in output
+    assert records[0]["message"] == f"calling Drift with {REDACTED} for {REDACTED}"
+    assert records[1]["details"] == records[1]["org_token"] == REDACTED
+    assert records[1]["headers"] == {"Authorization": REDACTED}
+    assert records[1]["attempts"] == [f"tried {REDACTED}"]
+
+
+def test_tokens_issued_at_install_and_refresh_never_reach_the_log(
+        app_mode: Callable[..., Flask], drift: FakeDrift,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    app = app_mode()
+    install(app.test_client(), drift, ORG_A, WRITE_KEY_A)
+    drift.revoke_access(ORG_A)
+    renewed = app.extensions["routing"].drift_credentials(ORG_A).refresh()
+    assert renewed in drift.issued
+    for issued in drift.issued:
+        log.warning("careless: %s", issued, extra={"value": f"x {issued} y"})
+    output = capfd.readouterr().err
+    assert len(drift.issued) == 4
+    assert not any(issued in output for issued in drift.issued)
+
+
+# -- by field name --------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+# -- by shape --------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+# -- by value ---------------------------------------------------------------------------------
+
+
+
+
+
+
