@@ -80,7 +80,7 @@ def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock =
         app.extensions["routing"] = SelfHostedRouting(settings)
     app.extensions["delivery_wakeup"] = threading.Event()
 
-    from . import client_script, health, pages, status
+    from . import client_script, health, landing, status
     from .app_mode import oauth, write_key
     from .sources.drift import webhooks as drift_webhooks
     from .sources.segment import webhooks as segment_webhooks
@@ -89,7 +89,7 @@ def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock =
     app.register_blueprint(segment_webhooks.blueprint)
     app.register_blueprint(client_script.blueprint)
     app.register_blueprint(health.blueprint)
-    pages.init_app(app)
+    landing.init_app(app)
     app.register_blueprint(status.blueprint)
     if config.app_mode(settings):
         oauth.init_app(app)

@@ -57,6 +57,10 @@ class Routing(Protocol):
 
     def drift_credentials(self, org_id: int) -> Credentials | None: ...
 
+    def segment_secret(self, org_id: int) -> str | None:
+        """The shared secret of an org's own Segment → Drift endpoint (app mode only)."""
+        ...
+
     def readiness(self) -> dict[str, Any]: ...
 
 
@@ -77,6 +81,9 @@ class SelfHostedRouting:
 
     def drift_credentials(self, org_id: int) -> Credentials | None:
         return self._credentials
+
+    def segment_secret(self, org_id: int) -> str | None:
+        return None  # one org: its Segment → Drift endpoint uses SEGMENT_SHARED_SECRET
 
     def readiness(self) -> dict[str, Any]:
         return {}

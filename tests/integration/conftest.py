@@ -1,10 +1,15 @@
-"""Shared test fixtures: apps on SQLite and on a real PostgreSQL, fixed clocks, fakes (the
-fakes, clock and launchers themselves live in tests/support)."""
+"""The integration tier's fixtures: apps on SQLite and on a real PostgreSQL, fixed clocks,
+fakes (the fakes, clock and launchers themselves live in tests/support).
+
+The schema is migrated once per session, into a template database on each: every test gets a
+copy of it (a file copy on SQLite, ``CREATE DATABASE … TEMPLATE`` on PostgreSQL)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +18,8 @@ import pytest
 from flask import Flask
 
 from drift_segment_source import create_app
+from drift_segment_source.store.db import make_engine
+from drift_segment_source.store.store import Store
 
 from ..support.fake_segment import FakeSegment
 from ..support.postgres import create_database, drop_database, temporary_server
@@ -34,13 +41,42 @@ def postgres_server() -> Iterator[str | None]:
         yield url
 
 
-def _postgres_database(server: str | None) -> Iterator[str]:
+def migrated(url: str) -> None:
+    """Migrate the database at ``url`` to the newest schema."""
+    store = Store(make_engine(url))
+    try:
+        store.migrate()
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to the newest schema, copied by every test that wants one."""
+    path = tmp_path_factory.mktemp("template") / "store.sqlite3"
+    migrated(f"sqlite:///{path}")
+    with sqlite3.connect(path) as connection:  # the whole schema in the file, no WAL
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: str | None) -> str | None:
+    """The name of a PostgreSQL database migrated to the newest schema (the tests' template)."""
+    if postgres_server is None:
+        return None
+    url = create_database(postgres_server, "dss_template")
+    migrated(url)
+    return url.rsplit("/", 1)[1]
+
+
+def _postgres_database(server: str | None, template: str | None = None) -> Iterator[str]:
     if server is None:
         if os.environ.get("REQUIRE_POSTGRES") == "1":
             pytest.fail("REQUIRE_POSTGRES=1 but no PostgreSQL server could be started")
         pytest.skip("PostgreSQL is not installed here (apt-get install postgresql, "
                     "or set TEST_POSTGRES_URL); .ci/run installs it")
-    url = create_database(server)
+    url = create_database(server, template=template)
     try:
         yield url
     finally:
@@ -48,18 +84,27 @@ def _postgres_database(server: str | None) -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path,
-                 postgres_server: str | None) -> Iterator[str]:
-    """A fresh, empty database: each test runs once on SQLite and once on PostgreSQL."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_server: str | None,
+                 sqlite_template: Path, postgres_template: str | None) -> Iterator[str]:
+    """A database with the newest schema and no rows: each test runs once on SQLite and once
+    on PostgreSQL."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.sqlite3'}"
+        path = tmp_path / "store.sqlite3"
+        shutil.copyfile(sqlite_template, path)
+        yield f"sqlite:///{path}"
     else:
-        yield from _postgres_database(postgres_server)
+        yield from _postgres_database(postgres_server, postgres_template)
 
 
 @pytest.fixture
-def postgres_url(postgres_server: str | None) -> Iterator[str]:
-    """A fresh PostgreSQL database only (tests of Postgres-specific behaviour)."""
+def postgres_url(postgres_server: str | None, postgres_template: str | None) -> Iterator[str]:
+    """A PostgreSQL database only, with the newest schema (tests of PostgreSQL's behaviour)."""
+    yield from _postgres_database(postgres_server, postgres_template)
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_server: str | None) -> Iterator[str]:
+    """A PostgreSQL database without any schema (tests of migrations)."""
     yield from _postgres_database(postgres_server)
 
 
@@ -110,8 +155,7 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
             components["clock"] = read if hasattr(read, "wall") else ReadClock(read)
         if settings.get("TRANSPORT") is not None:
             components["segment_transport"] = settings.pop("TRANSPORT")
-        app = create_app(settings, **components)
-        app.extensions["store"].migrate()
+        app = create_app(settings, **components)  # on a copy of the migrated template
         apps.append(app)
         return app
 

@@ -91,8 +91,10 @@ class PostgresServer:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def create_database(server_url: str, name: str | None = None) -> str:
-    """A new, empty database on the server; its URL."""
+def create_database(server_url: str, name: str | None = None,
+                    template: str | None = None) -> str:
+    """A new database on the server, empty or a copy of ``template`` (a database name); its
+    URL."""
     import sqlalchemy
 
     name = name or "dss_" + uuid.uuid4().hex[:12]
@@ -100,7 +102,8 @@ def create_database(server_url: str, name: str | None = None) -> str:
     try:
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name}"))
-            connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+            copy = f" TEMPLATE {template}" if template else ""
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}{copy}"))
     finally:
         admin.dispose()
     return server_url.rsplit("/", 1)[0] + "/" + name

@@ -68,6 +68,81 @@ def test_the_core_never_imports_app_mode(core: str) -> None:
     assert {m: t for m, t in offenders.items() if t} == {}
 
 
+# The layers, lowest first (docs/architecture.md#the-layers): a module imports only modules
+# of its own layer or of the layers below it. The longest prefix names a module's layer.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundations", (NAME, f"{NAME}.clock", f"{NAME}.config", f"{NAME}.logs",
+                     f"{NAME}.deadlines")),
+    ("translation", (f"{NAME}.sources.drift.translators", f"{NAME}.sources.segment.translators")),
+    ("store", (f"{NAME}.store",)),
+    ("edges", (f"{NAME}.metrics", f"{NAME}.drift_api", f"{NAME}.routing",
+               f"{NAME}.destinations")),
+    ("delivery", (f"{NAME}.delivery",)),
+    ("doors", (f"{NAME}.sources",)),
+    ("page helpers", (f"{NAME}.pages",)),
+    ("app mode", (f"{NAME}.app_mode",)),
+    ("surfaces", (f"{NAME}.attention", f"{NAME}.landing", f"{NAME}.health", f"{NAME}.status",
+                  f"{NAME}.client_script", f"{NAME}.startup", f"{NAME}.app", f"{NAME}.cli",
+                  f"{NAME}.gunicorn_conf")),
+]
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of the layer ``module`` belongs to."""
+    found = [(len(prefix), index) for index, (_, prefixes) in enumerate(LAYERS)
+             for prefix in prefixes if module == prefix or module.startswith(prefix + ".")]
+    assert found, f"{module} belongs to no layer: add it to LAYERS"
+    return max(found)[1]
+
+
+def test_every_module_imports_only_its_own_layer_or_those_below() -> None:
+    graph = import_graph()
+    upward = [f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} "
+              f"({LAYERS[layer_of(target)][0]})"
+              for module, targets in sorted(graph.items()) for target in sorted(targets)
+              if layer_of(target) > layer_of(module)]
+    assert upward == []
+
+
+def test_each_source_owns_its_door_and_the_doors_share_one_module() -> None:
+    graph = import_graph()
+    drift_door, segment_door = f"{NAME}.sources.drift.webhooks", f"{NAME}.sources.segment.webhooks"
+    assert f"{NAME}.sources.door" in graph[drift_door] & graph[segment_door]
+    assert not {module for module in graph[segment_door] if module.startswith(
+        f"{NAME}.sources.drift.") and ".translators" not in module}, "a door of its own"
+    assert not {module for module in graph[drift_door] if module.startswith(
+        f"{NAME}.sources.segment.")}
+
+
+def test_one_function_turns_a_drift_event_into_segment_messages() -> None:
+    """Delivery, the door (measuring 32 KB) and ``translate`` share to_segment's one path;
+    nothing else builds messages from translator calls."""
+    graph = import_graph()
+    path = f"{NAME}.delivery.to_segment"
+    for user in (f"{NAME}.sources.drift.intake", f"{NAME}.cli.payloads"):
+        assert path in graph[user], user
+    builders = sorted(module_name(file) for file in PACKAGE.rglob("*.py")
+                      if ".build(call)" in file.read_text(encoding="utf-8"))
+    assert builders == [path]
+
+
+def test_migrations_never_import_the_application() -> None:
+    versions = PACKAGE / "store" / "migrations" / "versions"
+    offenders = []
+    for path in sorted(versions.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) \
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}: {name}" for name in names if name.startswith(NAME)]
+    assert offenders == []
+
+
+def test_no_module_of_the_package_is_over_400_lines() -> None:
+    long = {str(path.relative_to(PACKAGE)): lines for path in sorted(PACKAGE.rglob("*.py"))
+            if (lines := len(path.read_text(encoding="utf-8").splitlines())) > 400}
+    assert long == {}
+
+
 def test_no_import_cycles() -> None:
     graph = import_graph()
     cycles: list[list[str]] = []

@@ -36,7 +36,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import NotFound
 
 from drift_segment_source import config, metrics
-from drift_segment_source.app_mode.org_routing import AppRouting
 from drift_segment_source.destinations.segment import INTEGRATION
 from drift_segment_source.routing import current_routing
 from drift_segment_source.sources.door import (
@@ -91,10 +90,9 @@ def receive() -> tuple[Response, int]:
 def receive_for_org(org_id: int) -> tuple[Response, int]:
     """Answer one request of an installed org's Webhooks destination (app mode), signed
     with the secret shown on that org's setup page."""
-    routing = current_routing()
-    if not isinstance(routing, AppRouting):
+    if not config.app_mode(current_app.config):
         raise NotFound("Segment → Drift per org is an app-mode endpoint.")
-    secret = routing.segment_secret(org_id) if 0 < org_id < 2**63 else None
+    secret = current_routing().segment_secret(org_id) if 0 < org_id < 2**63 else None
     if secret is None:
         # An org that never installed (or has no secret) is checked against a secret nobody
         # holds: every request fails where an installed org's unsigned request fails, with
