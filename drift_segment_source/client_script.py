@@ -1,4 +1,5 @@
-"""``GET /drift-segment.js``: the client-side companion script (SPEC §3.3), served cacheably.
+"""``GET /drift-segment.js``: the client-side companion script (docs/client-script.md),
+served cacheably.
 
 The plain URL is cached for an hour and revalidated by ETag, so a new release reaches sites
 within the hour; ``?v=<content hash>`` names one exact version and is cached for a year.

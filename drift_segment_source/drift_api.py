@@ -225,7 +225,7 @@ class DriftApi:
         found: list[dict[str, Any]] = body.get("data") or []
         return found
 
-    # -- contact writes (Segment → Drift, SPEC §10; scope contact_write) ----------------------
+    # -- contact writes (Segment → Drift, docs/segment-to-drift.md; scope contact_write) -----
 
     def contact_by_external_id(self, external_id: str, credentials: Credentials
                                ) -> dict[str, Any] | None:

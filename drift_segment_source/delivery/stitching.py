@@ -1,4 +1,5 @@
-"""Identity stitching (SPEC §3.2, opt-in): Drift contacts joined to the site's own users.
+"""Identity stitching (opt-in, docs/event-mapping.md#identity-stitching): Drift contacts
+joined to the site's own users.
 
 With ``IDENTITY_STITCHING=external_id``, a contact the site identified with
 ``drift.identify(userId, …)`` has the site's user id as its Drift ``externalId``. Every

@@ -24,9 +24,9 @@
   // grow this without end.
   var PENDING_LIMIT = 100;
 
-  // The seed's example, event by event: each Segment property and the path of the Drift
+  // Drift's documented example, event by event: each Segment property and the path of the Drift
   // payload field it is read from; `contactId` names the field holding the Drift contact id
-  // on the two events where the seed sets Segment's anonymousId.
+  // on the two events where Drift's documentation sets Segment's anonymousId.
   var WIDGET_EVENTS = [
     {
       name: "conversation:firstInteraction",
@@ -96,7 +96,7 @@
     return null;
   }
 
-  /** Whether the site lets this script set Segment's anonymousId (the seed's advice). */
+  /** Whether the site lets this script set Segment's anonymousId (Drift's documented advice). */
   function anonymousIdWanted(tag) {
     var value = tag && tag.getAttribute("data-set-anonymous-id");
     return !(value && /^\s*(false|0|no|off)\s*$/i.test(value));
@@ -165,7 +165,7 @@
     }
   }
 
-  /** The Drift listener for one widget event: the seed's calls for it. */
+  /** The Drift listener for one widget event: the documented calls for it. */
   function listenerFor(event) {
     return function (payload) {
       var properties = {};
@@ -195,7 +195,7 @@
 
   var subscribed = false;
 
-  /** Listen to every widget event of the seed's example, once per page. */
+  /** Listen to every widget event of Drift's documented example, once per page. */
   function subscribe() {
     var drift = findDrift();
     if (subscribed || !drift) {
@@ -209,7 +209,7 @@
 
   var driftPolls = 0;
 
-  /** Subscribe when Drift is ready (as the seed does), or now if it already is. */
+  /** Subscribe when Drift is ready (as Drift's documentation does), or now if it already is. */
   function attach() {
     var drift = findDrift();
     if (!drift) {

@@ -10,8 +10,9 @@ Three pieces, each for one measured cost (bench/results/profiles):
   it, with no statement building, compiling, pool checkout or reset per request (and, on
   PostgreSQL, as a server-side prepared statement after a few runs).
 
-Every answer stays true whatever the others in a group do (SPEC §4): each request gets the
-outcome of the commit that held its row, and a row the database refuses fails alone.
+Every answer stays true whatever the others in a group do: each request gets the outcome of
+the commit that held its row, and a row the database refuses fails alone
+(docs/reliability.md#what-every-request-gets).
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ Index("webhooks_held", webhooks.c.queued_at, sqlite_where=IS_HELD, postgresql_wh
 
 # Every Drift event ever stored, as the 16-byte digest of its dedupe key: kept for
 # DEDUPE_RETENTION_DAYS, far longer than the webhook rows, so a redelivery, replay or backfill
-# of an event delivered long ago is still a duplicate (SPEC §5.10).
+# of an event delivered long ago is still a duplicate (docs/reliability.md#dedupe-horizon).
 dedupe_keys = Table(
     "dedupe_keys",
     metadata,

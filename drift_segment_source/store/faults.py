@@ -1,4 +1,4 @@
-"""Fault injection by configuration, as Mozilla Antenna does it: swap a backend for one
+"""Fault injection by configuration: swap a backend for one
 that fails, and watch the service keep its promises (tests and drills only)."""
 
 from __future__ import annotations

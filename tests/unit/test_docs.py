@@ -32,9 +32,6 @@ NOT_SETTINGS = {
     "TEST_POSTGRES_URL": "tests/support/postgres.py",
 }
 
-# Folders still allowed to cite outside documents until their comments are rewritten to cite
-# docs/ instead. Empty this tuple once they do.
-NOT_YET_SELF_CONTAINED: tuple[str, ...] = ("drift_segment_source/",)
 # The changelog may say what a past version was built against.
 MAY_CITE_HISTORY = ("CHANGELOG.md",)
 
@@ -174,7 +171,7 @@ def test_no_file_cites_documents_the_repository_does_not_ship() -> None:
     citing = []
     for path in repository_files():
         relative = path.relative_to(ROOT).as_posix()
-        if relative in MAY_CITE_HISTORY or relative.startswith(NOT_YET_SELF_CONTAINED):
+        if relative in MAY_CITE_HISTORY:
             continue
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if OUTSIDE_REFERENCES.search(line):

@@ -54,7 +54,8 @@ class BeyondHorizon(ValueError):
 
 
 def check_window(store: Store, since_ms: int) -> None:
-    """Refuse a backfill window that starts before the dedupe horizon (SPEC §5.10)."""
+    """Refuse a backfill window that starts before the dedupe horizon
+    (docs/reliability.md#dedupe-horizon)."""
     horizon = store.dedupe_horizon()
     if horizon and since_ms / 1000 < horizon + HORIZON_MARGIN_SECONDS:
         earliest = datetime.fromtimestamp(horizon + HORIZON_MARGIN_SECONDS, UTC)

@@ -1,8 +1,9 @@
 """The one way a webhook enters the store: route → validate → check → dedupe key → store.
 
 The webhook endpoint, ``quarantine retry`` and ``backfill`` all take webhooks in through
-:func:`take_in`, so each gets the same answers (SPEC §4), the same dedupe key and the same
-stored form. A webhook is accepted only if delivery can carry it to Segment.
+:func:`take_in`, so each gets the same answers, the same dedupe key and the same stored form
+(docs/reliability.md#what-every-request-gets). A webhook is accepted only if delivery can
+carry it to Segment.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def take_in(envelope: Envelope, store: Store, routing: Routing, *, received_at: 
             keep_invalid: bool = True) -> Taken:
     """Store the webhook, or say why it is ignored.
 
-    Raises Rejected with the SPEC §4 answer for anything else: 422 (quarantined when
+    Raises Rejected with the answer for anything else: 422 (quarantined when
     ``keep_invalid``), 400 when the store or Segment cannot carry it, 503 when the store is
     down. ``received_at`` is the receipt time in epoch seconds, kept to the millisecond.
     """

@@ -1,7 +1,8 @@
 """``POST /webhooks/drift``: receive → verify → validate → store, then answer.
 
-Checks run in the order SPEC §4 fixes: size (413), JSON (400, including JSON the store or
-Segment cannot carry), token (401), envelope (400), type (200 ignored), data schema (422).
+Checks run in this order (docs/reliability.md#what-every-request-gets): size (413), JSON
+(400, including JSON the store or Segment cannot carry), token (401), envelope (400), type
+(200 ignored), data schema (422).
 ``200 accepted`` is sent only after the commit (intake.py).
 """
 

@@ -1,6 +1,7 @@
 """``POST /webhooks/segment`` (app mode: ``/webhooks/segment/<orgId>``, with the org's own
-secret): Segment's Webhooks destination in → verify → check → store, then answer (SPEC §10).
-Delivery applies the stored messages to Drift (``drift_writes.py``).
+secret): Segment's Webhooks destination in → verify → check → store, then answer
+(docs/segment-to-drift.md). Delivery applies the stored messages to Drift
+(``delivery/to_drift.py``, ``destinations/drift.py``).
 
 Checks run in this order: size and media type (413, 400, as for Drift's webhooks), the
 signature over the raw bytes (401), JSON (400), then each message: what every Segment call
@@ -16,7 +17,7 @@ the exact bytes of its first element. In the second case only that element is au
 so a captured signed message could be replayed with forged elements after it: that form is
 accepted only while the signed element's ``receivedAt`` (else ``sentAt``, both set by Segment
 or its library when the event is sent) is recent (``SEGMENT_BATCH_SIGNATURE_MAX_AGE_HOURS``;
-see the README, "Segment → Drift").
+see docs/segment-to-drift.md).
 """
 
 from __future__ import annotations
@@ -296,8 +297,8 @@ def checked_message(walks: WalksNeeded, message: Any) -> str | Taken:
 
 
 def loop_guard(message: dict[str, Any]) -> str | None:
-    """Why the message must not go to Drift (SPEC §10): this service sent it to Segment
-    (Drift → Segment → Drift would echo), or its sender excluded Drift."""
+    """Why the message must not go to Drift (docs/segment-to-drift.md): this service sent it
+    to Segment (Drift → Segment → Drift would echo), or its sender excluded Drift."""
     context = message.get("context")
     integration = context.get("integration") if isinstance(context, dict) else None
     if isinstance(integration, dict) and integration.get("name") == INTEGRATION["name"]:

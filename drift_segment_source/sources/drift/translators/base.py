@@ -29,7 +29,8 @@ Identity = Callable[[Data, int], Iterable[Any]]
 
 
 class NoContact(ValueError):
-    """A call would leave without a real Drift contact id (SPEC §5.8): it is never sent."""
+    """A call would leave without a real Drift contact id: it is never sent
+    (docs/reliability.md#failure-stays-with-its-row)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class Translator:
     conversation_needed: Callable[[Data], int | str | None] = field(default=lambda data: None)
     contact_facts: Callable[[Data], ContactFacts] = no_facts
     # When the event happened, as its identity knows it (epoch ms): the event's dedupe key
-    # can be no older, which is what the dedupe horizon is checked against (SPEC §5.10).
+    # can be no older, which is what the dedupe horizon is checked against
+    # (docs/reliability.md#dedupe-horizon).
     anchor_time: Callable[[Data], int | None] = no_time
     # Where the schema keeps ids and times (fields.Spellings), and the identity as the
     # module wrote it, over ids as sent (what dedupe keys were made of before ids were read

@@ -1,4 +1,5 @@
-"""``contact_identified``: a visitor gave their email in chat → ``identify`` (SPEC §3.1).
+"""``contact_identified``: a visitor gave their email in chat → ``identify``
+(docs/event-mapping.md#contact-identified).
 
 Public sources disagree on ``data``: a Contact (``id``, ``createdAt``, ``attributes{email,
 name, phone, externalId, …}``) or an ``endUserId`` form with the attributes beside it. Both

@@ -27,11 +27,13 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load
 
 # Epoch milliseconds between 1973-03-03 and 2286-11-20. A value below is almost surely in
-# seconds: refused with a message saying so, not silently multiplied (SPEC §3).
+# seconds: refused with a message saying so, not silently multiplied
+# (docs/event-mapping.md#the-ten-events).
 MIN_EPOCH_MS = 100_000_000_000
 MAX_EPOCH_MS = 9_999_999_999_999
 # Drift ids and counters are 64-bit; a larger number cannot be what Drift meant, and
-# Segment's API (float64 numbers) would refuse or mangle it (SPEC §4).
+# Segment's API (float64 numbers) would refuse or mangle it
+# (docs/reliability.md#what-every-request-gets).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # The digits of a JSON integer that is not negative: a numeric string id or time.
 NUMERIC = re.compile(r"0|[1-9][0-9]{0,18}")

@@ -53,7 +53,8 @@ def with_contact(data: Data) -> Data:
 
 
 def booking(data: Data) -> list[object]:
-    """What identifies the booking: its eventId, which a reschedule keeps (SPEC §5.10)."""
+    """What identifies the booking: its eventId, which a reschedule keeps
+    (docs/reliability.md#dedupe-horizon)."""
     if data.get("eventId") is not None:
         return [data["eventId"]]
     return [contact_id(data), data.get("agentId"), data.get("scheduledAt")]

@@ -1,4 +1,5 @@
-"""One translator per Segment call type (SPEC §10); this registry is the list of relayed types.
+"""One translator per Segment call type (docs/segment-to-drift.md); this registry is the
+list of relayed types.
 
 Adding a call type: one module with a ``SegmentTranslator``, one line here, one fixture folder.
 """

@@ -3,7 +3,7 @@ Segment message (who it is about, when it happened, its traits).
 
 A translator is pure: a Segment message (the JSON object Segment's Webhooks destination
 sends) and the receipt time go in; the Drift actions that apply it come out.
-``drift_writes.py`` turns the actions into Drift REST API calls (SPEC §10).
+``destinations/drift.py`` turns the actions into Drift REST API calls (docs/segment-to-drift.md).
 """
 
 from __future__ import annotations
