@@ -62,9 +62,10 @@ NAMED = re.compile(
     r"(?P<separator>(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?)(?:(?:bearer|basic)\s+)?"
     r"(?!(?:true|false|null)\b)(?P<value>[^\"'\s&,;}\\]{4,})")
 # Prose, not a secret: "DRIFT_VERIFICATION_TOKEN: required", "HTTP Basic authentication".
-# A plain word after a name and a colon (or after a scheme) is left as written; after ``=``
-# or inside quotes (``key=value``, JSON) a value is always a value. Secrets have digits or
-# mixed case, and the configured ones are redacted by value whatever their shape.
+# A plain word shorter than a secret word after a name and a colon (or after a scheme) is left
+# as written; after ``=`` or inside quotes (``key=value``, JSON) a value is always a value.
+# Secrets have digits, mixed case or length, and the configured ones are redacted by value
+# whatever their shape.
 PLAIN_WORD = re.compile(r"[A-Z]?[a-z]+[.!?):]*")
 # Secrets recognisable by themselves: Fernet tokens (version byte 0x80, then a timestamp:
 # the sealed form of every stored secret) and JWTs (base64url JSON header and payload).
@@ -108,6 +109,7 @@ def redact_named(text: str, lowered: str) -> str:
         start = match.start(group)
         separator = match.group("separator") or ""
         if ("=" not in separator and "\"" not in separator and "'" not in separator
+                and match.end() - start < SECRET_WORD_LENGTH
                 and PLAIN_WORD.fullmatch(text, start, match.end())):
             continue
         pieces += [text[end:start], REDACTED]

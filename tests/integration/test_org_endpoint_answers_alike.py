@@ -42,7 +42,7 @@ def secret_of(app: Flask, drift: FakeDrift, org_id: int) -> str:
     client = app.test_client()
     install(client, drift, org_id)
     page = client.get("/setup").get_data(as_text=True)
-    found = re.search(r"<dt>Shared secret</dt><dd><code>([^<]+)</code>", page)
+    found = re.search(r'id="segment-secret">([^<]+)</code>', page)
     assert found, page
     return found.group(1)
 

@@ -25,6 +25,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -59,6 +60,14 @@ SETTINGS_PAGE = """<!doctype html>
 <body><main><h1>Drift integration settings</h1><p>Segment Source is connected.</p></main>
 </body></html>"""
 
+
+
+def reason(status: int) -> str:
+    """The standard reason phrase of an HTTP status, as a real server sends it."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 class FakeDrift:
     """Drift's OAuth, conversations and contacts APIs, recording what it was asked.
@@ -253,7 +262,7 @@ class FakeDrift:
                     self.in_flight -= 1
         if trickle:
             payload = padded(payload, trickle, TRICKLE_INTERVAL)
-        head = [f"HTTP/1.1 {status} Fake", f"Content-Length: {len(payload)}"]
+        head = [f"HTTP/1.1 {status} {reason(status)}", f"Content-Length: {len(payload)}"]
         head += [f"{name}: {value}" for name, value in headers.items()]
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
         if trickle:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -31,6 +32,14 @@ from .loopback import padded, serve, write_slowly
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 TRICKLE_INTERVAL = 0.5
+
+
+def reason(status: int) -> str:
+    """The standard reason phrase of an HTTP status, as a real server sends it."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 @dataclass
@@ -224,7 +233,7 @@ class FakeSegment:
                headers: dict[str, str], trickle: float = 0.0) -> bool:
         if trickle:
             payload = padded(payload, trickle, TRICKLE_INTERVAL)
-        head = [f"HTTP/1.1 {status} Fake", "Content-Type: application/json",
+        head = [f"HTTP/1.1 {status} {reason(status)}", "Content-Type: application/json",
                 f"Content-Length: {len(payload)}"]
         head += [f"{name}: {value}" for name, value in headers.items()]
         data = ("\r\n".join(head) + "\r\n\r\n").encode() + payload
