@@ -28,7 +28,7 @@ from .app_mode.secrets_box import SecretUnreadable
 from .delivery.breakers import segment_key
 from .routing import NEEDS_REINSTALL, NO_DRIFT_TOKEN, NO_WRITE_KEY, Routing
 from .store import tallies
-from .store.refusals import Refusals, refused
+from .store.refusals import SEGMENT_STALE, Refusals, refused
 from .store.store import Store
 
 log = logging.getLogger("drift_segment_source.attention")
@@ -118,6 +118,7 @@ class Attention:
     quarantined: int
     refused: dict[str, int] = field(default_factory=dict)  # last hour, by reason
     app_mode: bool = False
+    dry_run: bool = False
 
     @property
     def held_count(self) -> int:
@@ -133,6 +134,9 @@ class Attention:
         No org id appears: anyone may read the landing page and ``/readyz``."""
         found = [f"{plural(held.count, 'webhook')} held ({held.reason}): {held.fix}."
                  for held in self.held]
+        if self.dry_run:
+            found.append("Dry run: SEGMENT_WRITE_KEY is unset, so messages are built and "
+                         "logged but nothing is sent to Segment: set it to send them.")
         found += self._circuit_warnings()
         if self.dead_letters:
             found.append(f"{plural(self.dead_letters, 'webhook')} in the dead letters: see "
@@ -140,7 +144,8 @@ class Attention:
                          "`deadletters retry`.")
         if self.quarantined:
             found.append(f"{plural(self.quarantined, 'payload')} quarantined (data that failed "
-                         "its schema): see `drift-segment-source quarantine list`.")
+                         "its schema): see `drift-segment-source quarantine list`; `quarantine "
+                         "retry` after a fix, or `quarantine purge` what nobody will fix.")
         for reason, number in sorted(self.refused.items()):
             found.append(f"{refused(number, reason)} in the last hour: {refusal_fix(reason)}.")
         stalled = self.oldest_pending_age_seconds
@@ -205,6 +210,10 @@ class Attention:
 
 def refusal_fix(reason: str) -> str:
     """What to check when webhooks are refused for ``reason``."""
+    if reason == SEGMENT_STALE:
+        return ("Segment sent batches signed over their first element only whose receivedAt "
+                "is far from this host's clock: check the clock (NTP), or turn Actions "
+                "batching off (SEGMENT_BATCH_SIGNATURE_MAX_AGE_HOURS bounds the age)")
     if reason.startswith("drift_"):
         return ("if Drift rotated its verification token, set DRIFT_VERIFICATION_TOKEN to the "
                 "new one (old and new, comma-separated, during the change)")
@@ -301,6 +310,7 @@ def read_attention(store: Store, routing: Routing, settings: Mapping[str, Any],
         quarantined=tallies.quarantined(store.engine),
         refused=refusals.last_hour() if refusals is not None else {},
         app_mode=config.app_mode(settings),
+        dry_run=config.dry_run(settings),
     )
 
 

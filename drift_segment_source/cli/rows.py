@@ -95,3 +95,15 @@ def quarantine_retry(ids: tuple[int, ...], as_json: bool) -> None:
     else:
         click.echo(f"{outcome['accepted']} accepted, {outcome['duplicate']} already stored, "
                    f"{outcome['still_invalid']} still invalid")
+
+
+@quarantine.command("purge")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Delete every quarantined payload.")
+@click.confirmation_option(prompt="Delete these quarantined payloads for good?")
+def quarantine_purge(ids: tuple[int, ...], everything: bool) -> None:
+    """Delete quarantined payloads nobody will fix (they stop being a warning)."""
+    if not ids and not everything:
+        raise click.UsageError("name quarantine ids, or pass --all")
+    count = load_app().extensions["store"].purge_quarantined(list(ids) or None)
+    click.echo(f"{count} quarantined payload(s) deleted")

@@ -49,7 +49,9 @@ class Housekeeping:
         self.clock = clock
         self.delivery = delivery
         self.retention = retention
-        self._last: dict[str, float] = {}
+        # The first retention pass waits one interval: a process started while the host
+        # clock is wrong deletes nothing before the clock had time to be set right.
+        self._last: dict[str, float] = {"prune": clock.monotonic()}
         self._steps_seen = getattr(clock, "steps_adopted", 0)
 
     def due(self, chore: str, every: float) -> bool:

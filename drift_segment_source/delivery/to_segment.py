@@ -16,7 +16,13 @@ from typing import Any
 
 from drift_segment_source.destinations.segment import MessageBuilder, MessageTooLarge
 from drift_segment_source.routing import Routing
-from drift_segment_source.sources.drift.translators import TRANSLATORS, Translator, translate
+from drift_segment_source.sources.drift.translators import (
+    TRANSLATORS,
+    Translator,
+    dedupe_key,
+    translate,
+)
+from drift_segment_source.sources.drift.translators.base import receipt_ms
 from drift_segment_source.store.store import Failure, StoredWebhook
 
 from .breakers import drift_key
@@ -40,11 +46,27 @@ class Built:
     link: Link | None = None
 
 
+def stored_identity(translator: Translator, org_id: int, data: dict[str, Any],
+                    received_at: float, stored_key: str) -> list[Any] | None:
+    """The identity an event was stored under, when it is not today's: a version that read
+    numeric-string ids as they were sent made the key (and sent the messageIds) of those.
+    Its messages keep their messageIds, so a copy Segment already has is dropped."""
+    received_ms = receipt_ms(received_at)
+    identity = list(translator.identity(data, received_ms))
+    if not stored_key or dedupe_key(org_id, translator.event_type, identity) == stored_key:
+        return None
+    as_sent = list(translator.identity_as_sent(data, received_ms))
+    if dedupe_key(org_id, translator.event_type, as_sent) == stored_key:
+        return as_sent
+    return None
+
+
 def segment_messages(translator: Translator, org_id: int, data: dict[str, Any],
                      received_at: float, builder: MessageBuilder, *,
                      conversation: Mapping[str, Any] | None = None,
                      stitching: Stitching | None = None,
-                     contact: Mapping[str, Any] | None = None) -> Built:
+                     contact: Mapping[str, Any] | None = None,
+                     identity: list[Any] | None = None) -> Built:
     """The messages a validated Drift event becomes: translated with its ``conversation``
     (when it needs one), stitched to its user with the webhook's own facts completed by
     ``contact`` (``GET /contacts/{id}``), built and size-checked by the Segment library.
@@ -54,7 +76,7 @@ def segment_messages(translator: Translator, org_id: int, data: dict[str, Any],
     Raises MessageTooLarge, NoContact, or whatever a translator raises.
     """
     received = datetime.fromtimestamp(received_at, tz=UTC)
-    calls = translate(translator, org_id, data, received, conversation)
+    calls = translate(translator, org_id, data, received, conversation, identity)
     if stitching is not None and calls:
         facts = translator.contact_facts(data)
         if facts.external_id is None and contact is not None:
@@ -117,9 +139,11 @@ class ToSegment:
                                        waiting)
                 if contact is WAIT:
                     return
-            built = segment_messages(translator, row.org_id, data, row.received_at,
-                                     self.builder, conversation=conversation,
-                                     stitching=self.stitching, contact=contact)
+            built = segment_messages(
+                translator, row.org_id, data, row.received_at, self.builder,
+                conversation=conversation, stitching=self.stitching, contact=contact,
+                identity=stored_identity(translator, row.org_id, data, row.received_at,
+                                         row.dedupe_key))
         except Exception as error:
             # A retryable failure here is the Drift API's: its rows are due when it recovers.
             outcomes.file(row.id, error, drift_key(row.org_id))

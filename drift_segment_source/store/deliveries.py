@@ -34,6 +34,7 @@ class StoredWebhook:
     received_at: float
     queued_at: float
     attempts: int
+    dedupe_key: str = ""  # the key the event was stored under (its identity when stored)
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,16 @@ class Deliveries(StoreBase):
                     attempts=webhooks.c.attempts + 1)
             .returning(webhooks.c.id, webhooks.c.org_id, webhooks.c.event_type,
                        webhooks.c.payload, webhooks.c.received_at, webhooks.c.queued_at,
-                       webhooks.c.attempts)
+                       webhooks.c.attempts, webhooks.c.dedupe_key)
         )
         with self._writing() as connection:
             rows = connection.execute(statement).all()
         loads = json.loads
         claimed = [
             StoredWebhook(row_id, org_id, event_type, loads(payload), received_at, queued_at,
-                          attempts)
-            for row_id, org_id, event_type, payload, received_at, queued_at, attempts in rows
+                          attempts, key)
+            for row_id, org_id, event_type, payload, received_at, queued_at, attempts, key
+            in rows
         ]
         claimed.sort(key=lambda row: row.id)
         return claimed

@@ -163,6 +163,14 @@ class Reads(StoreBase):
             return [(int(row.id), row.payload, row.received_at)
                     for row in connection.execute(statement)]
 
+    def purge_quarantined(self, ids: Sequence[int] | None = None) -> int:
+        """Delete unreleased quarantine entries (all, or the given ids) for good."""
+        conditions = [quarantine.c.released_at.is_(None)]
+        if ids:
+            conditions.append(quarantine.c.id.in_(ids))
+        with self._writing() as connection:
+            return connection.execute(delete(quarantine).where(and_(*conditions))).rowcount
+
     def release_quarantined(self, quarantine_id: int) -> None:
         """Mark a quarantine entry as handled (it now passes validation)."""
         with self._writing() as connection:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
@@ -37,11 +37,13 @@ DRIFT_MISSING = "drift_missing_token"
 DRIFT_WRONG = "drift_wrong_token"
 SEGMENT_MISSING = "segment_missing_signature"
 SEGMENT_WRONG = "segment_wrong_signature"
+SEGMENT_STALE = "segment_stale_batch"
 WHAT_HAPPENED = {
     DRIFT_WRONG: ("Drift", "a wrong verification token"),
     DRIFT_MISSING: ("Drift", "a missing verification token"),
     SEGMENT_WRONG: ("Segment", "a wrong signature"),
     SEGMENT_MISSING: ("Segment", "a missing signature"),
+    SEGMENT_STALE: ("Segment", "a batch signed over an element too old to trust"),
 }
 
 
@@ -125,11 +127,12 @@ class Refusals:
         upsert = insert.on_conflict_do_update(
             index_elements=["minute", "reason"],
             set_={"count": refused_webhooks.c.count + insert.excluded.count})
-        oldest_kept = minute_of(self.clock()) - KEEP_MINUTES
+        now = minute_of(self.clock())
         with self.engine.begin() as connection:
             connection.execute(upsert)
-            connection.execute(delete(refused_webhooks)
-                               .where(refused_webhooks.c.minute < oldest_kept))
+            connection.execute(delete(refused_webhooks).where(or_(
+                refused_webhooks.c.minute < now - KEEP_MINUTES,
+                refused_webhooks.c.minute > now + KEEP_MINUTES)))
 
     def _keep(self, unwritten: dict[tuple[int, str], int], error: Exception) -> None:
         """Keep the unwritten counts (those under an hour old) and try again later."""
@@ -145,9 +148,10 @@ class Refusals:
 
     def last_hour(self) -> dict[str, int]:
         """Refusals by reason over the last 60 minutes, as written by every process."""
-        since = minute_of(self.clock()) - 59
+        now = minute_of(self.clock())
+        # Minutes ahead of now were counted by a clock that was ahead: not "the last hour".
         statement = (select(refused_webhooks.c.reason, func.sum(refused_webhooks.c.count))
-                     .where(refused_webhooks.c.minute >= since)
+                     .where(refused_webhooks.c.minute.between(now - 59, now))
                      .group_by(refused_webhooks.c.reason))
         with self.engine.connect() as connection:
             return {str(reason): int(number) for reason, number in connection.execute(statement)}

@@ -17,6 +17,8 @@ from .db import IS_DEAD, IS_FINISHED, IS_HELD, dedupe_keys, quarantine, watermar
 log = logging.getLogger("drift_segment_source.store")
 
 DEDUPE_HORIZON = "dedupe_horizon"
+# Keys first seen before this were deleted: a horizon is never brought back below it.
+KEYS_DELETED_BEFORE = "dedupe_keys_deleted_before"
 # How long a process trusts the dedupe horizon it read. Keys are deleted only in the prune
 # after the one that announced the new horizon, so every process has read it by then.
 HORIZON_CACHE_SECONDS = 60
@@ -112,31 +114,39 @@ class Retention(StoreBase):
         back to ``cutoff`` (and no key newer than that is deleted).
         """
         with self.engine.connect() as connection:
-            announced = connection.execute(
-                select(watermarks.c.value).where(watermarks.c.name == DEDUPE_HORIZON)
-            ).scalar()
+            marks = dict(connection.execute(select(watermarks.c.name, watermarks.c.value).where(
+                watermarks.c.name.in_((DEDUPE_HORIZON, KEYS_DELETED_BEFORE)))).all())
+        announced, deleted_before = marks.get(DEDUPE_HORIZON), marks.get(KEYS_DELETED_BEFORE)
         deleted = 0
         if announced:
             forget_before = min(float(announced), cutoff)
+            if forget_before > (deleted_before or 0):
+                self._set_watermark(KEYS_DELETED_BEFORE, forget_before)
             chosen = (select(dedupe_keys.c.digest)
                       .where(dedupe_keys.c.first_seen_at < forget_before)
                       .limit(ROWS_PER_COMMIT).scalar_subquery())
             deleted = self._in_chunks(delete(dedupe_keys).where(
                 dedupe_keys.c.digest.in_(chosen)))
-        with self._writing() as connection:
+        with self.engine.connect() as connection:
             older = connection.execute(
                 select(dedupe_keys.c.digest).where(dedupe_keys.c.first_seen_at < cutoff).limit(1)
             ).first()
-            ahead = announced is not None and float(announced) > cutoff
-            if ahead:
-                log.warning("dedupe horizon was ahead of the clock's cut-off; brought back",
-                            extra={"horizon": announced, "cutoff": cutoff})
-            if (older is not None and cutoff > (announced or 0)) or ahead:
-                connection.execute(
-                    self._insert(watermarks)
-                    .values(name=DEDUPE_HORIZON, value=cutoff)
-                    .on_conflict_do_update(index_elements=["name"], set_={"value": cutoff})
-                )
+        # A horizon ahead of the cut-off was written by a clock that was ahead: it comes back,
+        # but never below keys already deleted (those events would be taken for new ones).
+        floor = max(cutoff, float(deleted_before or 0))
+        ahead = announced is not None and float(announced) > floor
         if ahead:
+            log.warning("dedupe horizon was ahead of the clock's cut-off; brought back",
+                        extra={"horizon": announced, "to": floor})
+            self._set_watermark(DEDUPE_HORIZON, floor)
             self._horizon = None
+        elif older is not None and cutoff > (announced or 0):
+            self._set_watermark(DEDUPE_HORIZON, cutoff)
         return deleted
+
+    def _set_watermark(self, name: str, value: float) -> None:
+        """Write one of the store's named values."""
+        with self._writing() as connection:
+            connection.execute(
+                self._insert(watermarks).values(name=name, value=value)
+                .on_conflict_do_update(index_elements=["name"], set_={"value": value}))

@@ -154,10 +154,19 @@ def test_a_first_element_signature_needs_a_time_segment_set(app: Flask) -> None:
     answer = post(app, stringify([first, track()]), sign(stringify(first)))
     assert answer.status_code == 401
     assert "receivedAt" in answer.get_json()["message"]
-    in_the_future = identify(sentAt=received(hours_ago=-3))
+    in_the_future = identify(sentAt=received(hours_ago=-13))
     answer = post(app, stringify([in_the_future, track()]), sign(stringify(in_the_future)))
     assert answer.status_code == 401
     assert stored(app) == {}
+
+
+def test_a_signed_element_ahead_of_this_hosts_clock_is_fresh_up_to_the_age_limit(
+        app: Flask) -> None:
+    """This host's clock may be behind Segment's by hours (or a correction not believed yet):
+    an element ahead by less than the age limit is fresh, not a replay."""
+    ahead = identify(receivedAt=received(hours_ago=-3))
+    answer = post(app, stringify([ahead, track()]), sign(stringify(ahead)))
+    assert answer.status_code == 200, answer.get_json()
 
 
 def test_the_signed_element_age_limit_is_a_setting(make_app: AppFactory) -> None:

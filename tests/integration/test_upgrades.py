@@ -4,6 +4,7 @@ delivered, and still answers every stored event `duplicate` (live or by backfill
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ from sqlalchemy import text
 
 from drift_segment_source.app import make_delivery
 from drift_segment_source.sources.drift.backfill import store_webhooks
+from drift_segment_source.sources.drift.translators import TRANSLATORS, dedupe_key, message_id
 
 from ..support.fake_segment import FakeSegment
-from .conftest import AppFactory, webhook
+from .conftest import FIXTURES, AppFactory, webhook
 
 DAY = 86_400
 # The fixtures' events happened on 2024-04-29; the clock starts a day later.
@@ -141,3 +143,25 @@ def test_a_new_store_records_no_horizon(make_app: AppFactory) -> None:
     assert app.extensions["store"].dedupe_horizon() == 0.0
 
 
+
+
+def test_a_row_stored_under_an_earlier_identity_keeps_its_message_ids(
+        make_app: AppFactory, segment: FakeSegment) -> None:
+    """A version that read numeric-string ids as they were sent stored (and may have sent)
+    the event under that identity: after the upgrade its messages keep their messageIds, so
+    Segment drops a copy it already has instead of counting the event twice."""
+    clock = Clock()
+    app = make_app(SEGMENT_HOST=segment.url, CLOCK=clock)
+    body = json.loads((FIXTURES / "playbook_goal_met" / "numeric_string_ids.json").read_text())
+    translator = TRANSLATORS["playbook_goal_met"]
+    data = translator.validate(body["data"])
+    as_sent = list(translator.identity_as_sent(data, 0))
+    assert as_sent != list(translator.identity(data, 0)), "the identities differ"
+    store = app.extensions["store"]
+    store.accept(body["orgId"], "playbook_goal_met",
+                 dedupe_key(body["orgId"], "playbook_goal_met", as_sent),
+                 json.dumps({key: value for key, value in body.items() if key != "token"}),
+                 received_at=clock.now)
+    make_delivery(app).run_round()
+    [message] = segment.messages
+    assert message["messageId"] == message_id(body["orgId"], "playbook_goal_met", as_sent, 0)

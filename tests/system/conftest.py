@@ -100,6 +100,13 @@ def module_drift() -> Iterator[FakeDrift]:
 
 
 @pytest.fixture
+def segment() -> Iterator[FakeSegment]:
+    """A fake Segment of the test's own."""
+    with FakeSegment() as fake:
+        yield fake
+
+
+@pytest.fixture
 def drift() -> Iterator[FakeDrift]:
     """A fake Drift API (any bearer token is let in)."""
     with FakeDrift() as fake:

@@ -50,7 +50,7 @@ from drift_segment_source.sources.door import (
     storage_rejection,
 )
 from drift_segment_source.sources.drift.translators import EVENT_PREFIX
-from drift_segment_source.store.refusals import SEGMENT_MISSING, SEGMENT_WRONG
+from drift_segment_source.store.refusals import SEGMENT_MISSING, SEGMENT_STALE, SEGMENT_WRONG
 from drift_segment_source.store.store import Store, StoreUnavailable, Unstorable, storage_error
 
 from .translators import (
@@ -106,9 +106,11 @@ def answer(org_id: int, secrets: Sequence[str]) -> tuple[Response, int]:
     """Check, store and answer a request signed with one of ``secrets`` for ``org_id``."""
     started = time.perf_counter()
     store: Store = current_app.extensions["store"]
+    signed = False
     try:
         body = read_body()
         whole = check_signature(body, request.headers.get("X-Signature"), secrets)
+        signed = True
         document = parse_json(body)
         if not whole:
             check_signed_element_is_recent(document, store.now(),
@@ -117,8 +119,8 @@ def answer(org_id: int, secrets: Sequence[str]) -> tuple[Response, int]:
         status, reply = rejection.status, rejection.body
         count(None, str(rejection.body["error"]))
         if rejection.status == 401:
-            count_refusal(SEGMENT_WRONG if request.headers.get("X-Signature")
-                          else SEGMENT_MISSING)
+            count_refusal(SEGMENT_STALE if signed else SEGMENT_WRONG
+                          if request.headers.get("X-Signature") else SEGMENT_MISSING)
     else:
         received_at = round(store.now(), 3)
         walks = WalksNeeded.of(body)
@@ -183,7 +185,9 @@ def check_signed_element_is_recent(document: Any, now: float, max_age_hours: flo
                        "that element's receivedAt or sentAt, to tell it from a replay; send "
                        "the whole body signed, or include receivedAt in the mapping.")
     age_hours = (now * 1000 - sent) / 3_600_000
-    if not -1 <= age_hours <= max_age_hours:
+    # Either way: a host clock behind (or not yet believed after a correction) sees fresh
+    # elements in the future; a replay is caught either way, the element's time being signed.
+    if not -max_age_hours <= age_hours <= max_age_hours:
         raise Rejected(401, "unauthorized", "A batch signed over its first element only is "
                        f"accepted while that element is under {max_age_hours:g} hours old "
                        f"(SEGMENT_BATCH_SIGNATURE_MAX_AGE_HOURS); its receivedAt/sentAt is "

@@ -194,11 +194,14 @@ def translate(
     data: Data,
     received_at: datetime,
     conversation: Conversation | None = None,
+    identity: Iterable[Any] | None = None,
 ) -> list[SegmentCall]:
-    """Turn validated ``data`` into Segment calls with ids, names and times."""
+    """Turn validated ``data`` into Segment calls with ids, names and times; ``identity``
+    (the event's, by default) is what the messageIds are made of."""
     if conversation is None and translator.conversation_needed(data) is not None:
         raise NeedsConversation(str(translator.conversation_needed(data)))
-    identity = list(translator.identity(data, receipt_ms(received_at)))
+    identity = list(translator.identity(data, receipt_ms(received_at))
+                    if identity is None else identity)
     calls = []
     for index, draft in enumerate(translator.build(data, conversation)):
         # One check for every translator: a message for "None" would merge unrelated
