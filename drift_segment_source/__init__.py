@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 try:
     __version__ = version("drift-segment-source")
 except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.1.0"
+    __version__ = "0.2.0"
 
 from typing import TYPE_CHECKING, Any
 
