@@ -23,6 +23,7 @@ from .delivery.stitching import Stitching
 from .destinations.segment import Transport, make_transport
 from .drift_api import DriftApi
 from .routing import NO_DRIFT_TOKEN, SelfHostedRouting
+from .store.database_clock import DatabaseClock
 from .store.db import default_database_url, make_engine
 from .store.faults import make_store
 from .store.refusals import Refusals
@@ -69,6 +70,8 @@ def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock =
         if reason is None:
             raise
         raise startup.StartupError(reason) from error
+    if clock is SYSTEM_CLOCK and engine.dialect.name == "postgresql":
+        clock = DatabaseClock(clock, engine)  # every process and host on one time
     store = Store(engine, clock)
     app.extensions["clock"] = clock
     app.extensions["segment_transport"] = segment_transport

@@ -157,6 +157,10 @@ SETTINGS: tuple[Setting, ...] = (
             parse=_number),
     Setting("RETENTION_DAYS", 7.0, "Delivered rows are pruned after this many days.",
             parse=_number),
+    Setting("RETENTION_INTERVAL_SECONDS", 600.0,
+            "How often retention runs; the first pass waits one interval after start, so a "
+            "process started on a wrong clock deletes nothing before it could be set right.",
+            parse=_number),
     Setting("HELD_MAX_AGE_HOURS", 168.0,
             "Held rows (waiting for a write key or Drift token) become dead letters, with the "
             "reason, after this many hours.", parse=_number),

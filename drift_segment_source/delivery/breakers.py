@@ -110,12 +110,17 @@ class Breakers:
                 breaker.probe_at = self._clock.monotonic()
 
     def probe_in(self, key: str) -> float:
-        """Seconds until the destination's next probe (0 when closed)."""
+        """Seconds until the destination's next probe (0 when closed); while a probe is in
+        flight, at least PROBE_SECONDS (rows parked meanwhile would otherwise be due at once,
+        and be claimed and parked again and again while a hung probe waits)."""
         with self._lock:
             breaker = self._breakers.get(key)
             if breaker is None or breaker.probe_at is None:
                 return 0.0
-            return max(0.0, breaker.probe_at - self._clock.monotonic())
+            wait = breaker.probe_at - self._clock.monotonic()
+            if breaker.probing_since is not None:
+                wait = max(wait, PROBE_SECONDS)
+            return max(0.0, wait)
 
     def succeeded(self, key: str) -> None:
         """The destination answered: close its breaker, and remember its parked rows."""
@@ -126,8 +131,11 @@ class Breakers:
             if breaker.probe_at is None:
                 if key in self._known:
                     return
-                # Once per destination: clear what another loop may have left open.
+                # Once per destination: clear what another loop may have left open, and make
+                # due the rows an earlier process left waiting for it (its circuit's recovery
+                # was never this loop's to see).
                 self._known.add(key)
+                self._recovered.append((key, set()))
             else:
                 breaker.probe_at = None
                 self._recovered.append((key, breaker.orgs))

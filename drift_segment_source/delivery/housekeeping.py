@@ -19,7 +19,6 @@ from .settings import DeliverySettings, RetentionSettings
 
 log = logging.getLogger("drift_segment_source.delivery")
 
-PRUNE_EVERY_SECONDS = 600
 # How often the loop copies SQLite's write-ahead log into the database (Store.checkpoint).
 CHECKPOINT_EVERY_SECONDS = 1.0
 # How often rows due impossibly far ahead (written while the clock was ahead) are made due.
@@ -68,7 +67,7 @@ class Housekeeping:
         self.follow_clock_steps()
         if self.due("future_due", FUTURE_DUE_CHECK_EVERY_SECONDS):
             self.make_future_rows_due()
-        if self.due("prune", PRUNE_EVERY_SECONDS):
+        if self.due("prune", self.retention.interval_seconds):
             self.prune()
         if self.due("checkpoint", CHECKPOINT_EVERY_SECONDS):
             self.store.checkpoint()

@@ -14,6 +14,7 @@ daemons, and a stopping loop hands unposted rows back (their lease ends with the
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +31,9 @@ from .posting import Deadlines, Poster
 from .rows import Prepared
 
 log = logging.getLogger("drift_segment_source.delivery")
+
+# How often a round waiting for its lanes looks whether the loop is stopping.
+STOP_CHECK_SECONDS = 0.25
 
 
 @dataclass
@@ -52,6 +56,11 @@ class Lane:
         self._jobs: deque[Job] = deque()
         self._lock = threading.Lock()
         self._running = False
+
+    def busy(self) -> bool:
+        """Whether a job runs and another waits: the lane takes no more for now."""
+        with self._lock:
+            return self._running and bool(self._jobs)
 
     def submit(self, job: Job) -> None:
         """Queue a job; start the lane's thread if it is idle."""
@@ -113,10 +122,23 @@ class Lanes:
             self._poster.post_rows(job.destination, job.rows, job.outcomes, job.deadlines)
         self._record(job.outcomes)
 
-    def wait(self, futures: list[Future[None]], timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for these jobs to be recorded."""
-        if futures:
-            wait_for_futures(futures, timeout=max(0.0, timeout))
+    def busy(self, destination: Destination) -> bool:
+        """Whether the destination's lane is posting one job with another waiting."""
+        with self._lock:
+            lane = self._lanes.get(destination)
+        return lane is not None and lane.busy()
+
+    def wait(self, futures: list[Future[None]], timeout: float,
+             stopping: threading.Event) -> None:
+        """Wait up to ``timeout`` seconds for these jobs to be recorded, or until the loop
+        is stopping (its rows then go back with its lease, and nothing waits for a post)."""
+        pending = [future for future in futures if not future.done()]
+        # In slices: the posts take real time whatever clock a test hands in.
+        for _ in range(max(0, math.ceil(timeout / STOP_CHECK_SECONDS))):
+            if not pending or stopping.is_set():
+                return
+            wait_for_futures(pending, timeout=STOP_CHECK_SECONDS)
+            pending = [future for future in pending if not future.done()]
 
     def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every job handed to a lane; whether all ended."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future
@@ -43,14 +44,26 @@ MAX_RUNNING = 8
 MAX_QUEUED = 10_000
 
 
+class NotStarted(Exception):
+    """A queued lookup whose turn came too late to end inside its row's wait: never made."""
+
+
 class Lookups:
-    """Runs each distinct lookup once at a time, in at most MAX_RUNNING daemon threads."""
+    """Runs each distinct lookup once at a time, in at most MAX_RUNNING daemon threads.
+
+    A lookup that has not started within ``limit_seconds`` of being queued is not made: its
+    row was handed back to wait ``2 × limit_seconds`` at most (see DriftLookups.finish), and
+    a call made later could still run when another loop takes the row (a write made twice).
+    """
 
     def __init__(self, max_running: int = MAX_RUNNING,
                  on_done: Callable[[], None] = lambda: None,
-                 limit_seconds: float = 60.0) -> None:
+                 limit_seconds: float = 60.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._futures: dict[tuple[Any, ...], Future[Any]] = {}
-        self._queue: deque[tuple[tuple[Any, ...], Callable[[], Any], Future[Any]]] = deque()
+        self._queue: deque[tuple[tuple[Any, ...], Callable[[], Any], Future[Any], float]] = \
+            deque()
+        self._monotonic = monotonic
         self._threads = 0
         self._max_running = max_running
         self._lock = threading.Lock()
@@ -70,7 +83,7 @@ class Lookups:
                 return None
             future: Future[Any] = Future()
             self._futures[key] = future
-            self._queue.append((key, call, future))
+            self._queue.append((key, call, future, self._monotonic() + self._limit))
             if self._threads >= self._max_running:
                 return future
             self._threads += 1
@@ -84,8 +97,10 @@ class Lookups:
                 if not self._queue:
                     self._threads -= 1
                     return
-                key, call, future = self._queue.popleft()
+                key, call, future, start_by = self._queue.popleft()
             try:
+                if self._monotonic() > start_by:
+                    raise NotStarted(f"queued over {self._limit:g} s")
                 result = call_within(self._limit, call)
             except BaseException as error:  # the row that waits decides what it means
                 future.set_exception(error)
@@ -122,7 +137,8 @@ class DriftLookups:
         self.breakers = breakers
         self.clock = clock
         self.wait_seconds = wait_seconds
-        self.pool = Lookups(on_done=on_done, limit_seconds=limit_seconds)
+        self.pool = Lookups(on_done=on_done, limit_seconds=limit_seconds,
+                            monotonic=clock.monotonic)
         # Rows sent back while a lookup ran: made due again once it has ended, then given
         # the lookups they waited for when claimed (forgotten if another loop claims them).
         self._awaiting: dict[int, Future[Any]] = {}
@@ -176,7 +192,10 @@ class DriftLookups:
         """The row's earlier lookup of ``key`` if it has one, else a new (or shared) one;
         Parked while the org's Drift API circuit is open (unless this one is the probe)."""
         if key in known:
-            return known[key]
+            earlier = known[key]
+            if not (earlier.done() and isinstance(earlier.exception(), NotStarted)):
+                return earlier
+            del known[key]  # never made: make it now
         breaker = drift_key(org_id)
         if not self.breakers.allows(breaker, {org_id}):
             raise Parked(DRIFT_PARKED, breaker, self.breakers.probe_in(breaker))

@@ -86,7 +86,7 @@ class Delivery:
                                     on_done=self.on_lookup_ended)
         self.recorder = Recorder(store, self.owner, RetryPolicy(
             settings.backoff_seconds, settings.backoff_max_seconds, settings.max_attempts),
-            clock, self.lookup_fallback)
+            clock, 2 * settings.lookup_limit_seconds, settings.max_age_hours * 3600)
         self.to_segment = ToSegment(routing, self.lookups, MessageBuilder(), stitching)
         self.to_drift = ToDrift(routing, self.lookups, DriftWrites(drift_api), clock,
                                 settings.unknown_user_retry_minutes)
@@ -94,6 +94,9 @@ class Delivery:
                            self.recorder.record, clock, self.stopping)
         self.housekeeping = Housekeeping(store, clock, settings, retention)
         self._lease_renewed_at = float("-inf")
+        # The last round sent rows back because their destination's lane was busy: the loop
+        # waits a poll interval rather than claiming them again at once.
+        self.paced = False
         # Keys of linking identifies handed to a lane and not recorded yet: another row of
         # the same contact must not carry the link meanwhile (its job may still fail).
         self._links_in_flight: set[bytes] = set()
@@ -129,7 +132,7 @@ class Delivery:
                 if claimed == 0:
                     self.clock.wait(self.wakeup, poll)
                     self.wakeup.clear()
-                elif claimed < self.settings.batch_size:
+                elif claimed < self.settings.batch_size or self.paced:
                     self.clock.wait(self.stopping, poll)
         finally:
             released = self.store.release(self.owner)
@@ -164,11 +167,6 @@ class Delivery:
         self.stopping.set()
         self.wakeup.set()
 
-    def lookup_fallback(self) -> float:
-        """Seconds until a row waiting for a lookup is due even if nobody makes it due: the
-        longest a lookup takes, or none when this loop is stopping."""
-        return 0.0 if self.stopping.is_set() else self.settings.lookup_limit_seconds
-
     # -- one round --------------------------------------------------------------------------
 
     def run_round(self) -> int:
@@ -177,18 +175,25 @@ class Delivery:
         Rows whose lookups are done (or need none) go to their lanes first; then the round
         waits a moment for the lookups it started, hands over what they made ready, and
         sends the rest back to wait for theirs. The round then waits for the lanes of the
-        destinations that answer, at most until its posts' deadline: their posts are its
-        work (the probe of a destination that does not answer is not).
+        destinations that answer, at most ``lane_wait_seconds``: a healthy Segment answers
+        well within it, and a slow one holds up its own lane only (the probe of a destination
+        that does not answer is not waited for at all).
         """
         self.make_due_what_waited()
         lease = self.settings.lease_seconds
         started = self.clock.monotonic()
         deadlines = Deadlines(start_by=started + lease * ROUND_SHARE_OF_LEASE,
                               end_by=started + lease * POSTS_END_BY_SHARE_OF_LEASE)
-        rows = self.store.claim(self.owner, self.settings.batch_size, lease)
+        # Rows whose lookup ended here are taken back by this loop, which holds the outcome
+        # (another loop would make the lookup, or the Drift write, again).
+        ended = self.lookups.ended()
+        rows = self.store.claim(self.owner, len(ended), lease, ids=ended) if ended else []
+        rows += self.store.claim(self.owner, self.settings.batch_size - len(rows), lease)
         if not rows:
             return 0
-        outcomes = Outcomes(attempts={row.id: row.attempts for row in rows})
+        self.paced = False
+        outcomes = Outcomes(attempts={row.id: row.attempts for row in rows},
+                            queued={row.id: row.queued_at for row in rows})
         ready: list[Prepared] = []
         waiting: list[Waiting] = []
         for row in rows:
@@ -200,16 +205,13 @@ class Delivery:
                 row, own, ready, still, known))
             jobs += self.dispatch(ready, outcomes, deadlines)
         self.recorder.record(outcomes)
-        self.lanes.wait(jobs, deadlines.end_by + lease * RECORDING_SHARE_OF_LEASE
-                        - self.clock.monotonic())
+        waited_until = min(deadlines.end_by + lease * RECORDING_SHARE_OF_LEASE,
+                           started + self.settings.lane_wait_seconds)
+        self.lanes.wait(jobs, waited_until - self.clock.monotonic(), self.stopping)
         return len(rows)
 
     def make_due_what_waited(self) -> None:
-        """Rows sent back to wait for a lookup that has ended, or for a destination that
-        has recovered, are due now."""
-        ended = self.lookups.ended()
-        if ended:
-            self.store.make_due(ended)
+        """Rows sent back to wait for a destination that has recovered are due now."""
         for destination, _ in self.breakers.recovered():
             made_due = self.store.make_due_behind(destination)
             log.info("destination recovered", extra={"destination": destination,
@@ -217,11 +219,9 @@ class Delivery:
 
     def prepare(self, row: StoredWebhook, outcomes: Outcomes, ready: list[Prepared],
                 waiting: list[Waiting], known: Known) -> None:
-        """Prepare a row for its direction, unless it is past the delivery age limit."""
-        max_age = self.settings.max_age_hours * 3600
-        if self.clock.wall() - row.queued_at > max_age:
-            outcomes.dead.append(Failure(row.id, f"undelivered after {max_age / 3600:g} hours"))
-        elif row.event_type.startswith(SEGMENT_EVENT_PREFIX):
+        """Prepare a row for its direction (a row past the age limit ages out only when it
+        still cannot be delivered: see Recorder)."""
+        if row.event_type.startswith(SEGMENT_EVENT_PREFIX):
             self.to_drift.prepare(row, outcomes, waiting, known)
         else:
             self.to_segment.prepare(row, outcomes, ready, waiting, known)
@@ -246,6 +246,13 @@ class Delivery:
                 for prepared in rows:
                     outcomes.file(prepared.row.id, Parked(
                         segment_parked(destination), breaker, self.breakers.probe_in(breaker)))
+                continue
+            if self.lanes.busy(destination):
+                # Its lane still posts earlier rows: these go back for a moment, so a slow
+                # destination holds up neither the round nor another destination's rows.
+                outcomes.deferred.extend(Failure(prepared.row.id, "its destination is still "
+                                                 "posting earlier rows") for prepared in rows)
+                self.paced = True
                 continue
             answering = not self.breakers.is_open(breaker)
             job = self.lanes.submit(destination, rows, outcomes.for_rows(

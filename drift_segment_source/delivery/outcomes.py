@@ -67,6 +67,8 @@ class Outcomes:
     """What happened to each row of one round (or one lane's job)."""
 
     attempts: dict[int, int] = field(default_factory=dict)
+    # When each row last entered delivery (its age counts from there).
+    queued: dict[int, float] = field(default_factory=dict)
     delivered: list[int] = field(default_factory=list)
     dry_run: list[int] = field(default_factory=list)
     dead: list[Failure] = field(default_factory=list)
@@ -84,7 +86,9 @@ class Outcomes:
 
     def for_rows(self, row_ids: list[int]) -> Outcomes:
         """Empty outcomes for some of these rows (a lane's job), with their attempts."""
-        return Outcomes(attempts={row_id: self.attempts.get(row_id, 0) for row_id in row_ids})
+        return Outcomes(attempts={row_id: self.attempts.get(row_id, 0) for row_id in row_ids},
+                        queued={row_id: self.queued[row_id] for row_id in row_ids
+                                if row_id in self.queued})
 
     def file(self, row_id: int, error: Exception, destination: str | None = None) -> None:
         """File a row under what ``error`` means for it; nothing else is affected."""
@@ -110,32 +114,35 @@ class Outcomes:
             elif name == "held":  # lists of failures by hold reason
                 for reason, failures in theirs.items():
                     mine[reason] += failures
-            else:  # attempts, by row
+            else:  # attempts and queue times, by row
                 mine.update(theirs)
 
     def empty(self) -> bool:
         """Whether no row has an outcome here."""
         return not any(getattr(self, each.name) for each in fields(self)
-                       if each.name != "attempts")
+                       if each.name not in ("attempts", "queued"))
 
 
 class Recorder:
     """Writes outcomes to the store for one delivery loop (thread-safe: the store is)."""
 
     def __init__(self, store: Store, owner: str, policy: RetryPolicy, clock: Clock,
-                 lookup_limit: Callable[[], float]) -> None:
+                 lookup_wait: float, max_age_seconds: float = float("inf")) -> None:
         self.store = store
         self.owner = owner
         self.policy = policy
         self.clock = clock
-        self.lookup_limit = lookup_limit
+        # A row waiting for a lookup is due after this even if nobody makes it due (the
+        # lookup may start as late as one limit after it was queued, and runs one limit).
+        self.lookup_wait = lookup_wait
+        self.max_age_seconds = max_age_seconds
 
     def record(self, outcomes: Outcomes) -> None:
         """Write every row's outcome to the store and count it."""
         if outcomes.empty():
             return
-        exhausted, retry = self.split_exhausted(outcomes)
         now = self.clock.wall()
+        exhausted, retry, parked = self.split_exhausted(outcomes, now)
         self.store.record(
             self.owner,
             delivered=outcomes.delivered,
@@ -144,15 +151,15 @@ class Recorder:
             held=outcomes.held,
             retry=self.schedule(retry, outcomes.attempts),
             deferred={now + DEFER_SECONDS: outcomes.deferred},
-            awaiting_lookup={now + self.lookup_limit(): outcomes.awaiting_lookup},
-            parked=outcomes.parked,
+            awaiting_lookup={now + self.lookup_wait: outcomes.awaiting_lookup},
+            parked=parked,
             remember=outcomes.links_sent,
         )
         counts = {"delivered": len(outcomes.delivered), "dry_run": len(outcomes.dry_run),
                   "dead": len(outcomes.dead) + len(exhausted), "retried": len(retry),
                   "held": sum(len(failures) for failures in outcomes.held.values()),
                   "deferred": len(outcomes.deferred) + len(outcomes.awaiting_lookup),
-                  "parked": len(outcomes.parked)}
+                  "parked": len(parked)}
         for outcome, number in counts.items():
             if number:
                 metrics.DELIVERIES.labels(outcome=outcome).inc(number)
@@ -161,17 +168,37 @@ class Recorder:
                                                 "reason": failure.reason})
         log.info("delivery round", extra={"owner": self.owner, **counts})
 
-    def split_exhausted(self, outcomes: Outcomes) -> tuple[list[Failure], list[Failure]]:
-        """Separate rows out of attempts (they go to the dead letters) from the rest."""
-        exhausted, retry = [], []
+    def split_exhausted(self, outcomes: Outcomes, now: float
+                        ) -> tuple[list[Failure], list[Failure], list[Failure]]:
+        """Rows that still wait after a failure or behind a circuit: those out of attempts
+        or past the age limit go to the dead letters; the others are retried or stay
+        parked. A row that can be delivered is, however old: only waiting ages it out."""
+        exhausted, retry, parked = [], [], []
         for failure in outcomes.retry:
             if self.policy.exhausted(outcomes.attempts[failure.id]):
                 exhausted.append(Failure(
                     failure.id, f"gave up after {self.policy.max_attempts} attempts: "
                                 f"{failure.reason}"))
+            elif self.too_old(outcomes, failure, now):
+                exhausted.append(self.aged_out(failure))
             else:
                 retry.append(failure)
-        return exhausted, retry
+        for failure in outcomes.parked:
+            if self.too_old(outcomes, failure, now):
+                exhausted.append(self.aged_out(failure))
+            else:
+                parked.append(failure)
+        return exhausted, retry, parked
+
+    def too_old(self, outcomes: Outcomes, failure: Failure, now: float) -> bool:
+        """Whether the row has waited for delivery longer than DELIVERY_MAX_AGE_HOURS."""
+        queued = outcomes.queued.get(failure.id)
+        return queued is not None and now - queued > self.max_age_seconds
+
+    def aged_out(self, failure: Failure) -> Failure:
+        """The dead letter of a row past the age limit, with the last reason it waited."""
+        return Failure(failure.id, f"undelivered after {self.max_age_seconds / 3600:g} hours: "
+                                   f"{failure.reason}")
 
     def schedule(self, retry: list[Failure], attempts: dict[int, int]
                  ) -> dict[float, list[Failure]]:

@@ -22,6 +22,9 @@ class DeliverySettings:
     drift_timeout_seconds: float = 10.0
     lookup_wait_seconds: float = 0.25
     unknown_user_retry_minutes: float = 60.0
+    # The longest a round waits for its lanes (not a declared setting: a tuning of the engine
+    # that tests shorten): a healthy Segment answers well within it.
+    lane_wait_seconds: float = 2.0
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> DeliverySettings:
@@ -51,6 +54,7 @@ class RetentionSettings:
     """How long each state of a row is kept (see docs/reliability.md, "Retention")."""
 
     delivered_days: float = 7.0
+    interval_seconds: float = 600.0
     dedupe_days: float = 90.0
     held_max_age_hours: float = 168.0
     dead_letter_days: float = 30.0
@@ -61,6 +65,7 @@ class RetentionSettings:
         """The retention settings among the service's settings (already parsed)."""
         return cls(
             delivered_days=settings["RETENTION_DAYS"],
+            interval_seconds=settings["RETENTION_INTERVAL_SECONDS"],
             dedupe_days=settings["DEDUPE_RETENTION_DAYS"],
             held_max_age_hours=settings["HELD_MAX_AGE_HOURS"],
             dead_letter_days=settings["DEAD_LETTER_RETENTION_DAYS"],

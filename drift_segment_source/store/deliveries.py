@@ -17,6 +17,9 @@ from sqlalchemy import delete, or_, select, update
 from .base import StoreBase
 from .db import IS_PENDING, dedupe_keys, leases, watermarks, webhooks
 
+# The longest destination key kept in ``waiting_on`` (a circuit key can be longer: a proxy
+# with a long path prefix). Written and matched alike, so a longer key still finds its rows.
+DESTINATION_KEY_LENGTH = 100
 # A lease or due time further ahead than anything the engine sets can only come from a
 # clock that was ahead when it was written (see docs/reliability.md, "Time"): such a lease
 # counts as expired, and such a row as due.
@@ -49,33 +52,38 @@ class Failure:
     waiting_on: str | None = None
 
 
+def stored_key(destination: str | None) -> str | None:
+    """A destination's key as ``waiting_on`` keeps it."""
+    return None if destination is None else destination[:DESTINATION_KEY_LENGTH]
+
+
 def by_reason(failures: Iterable[Failure]) -> dict[tuple[str, str | None], list[int]]:
     """Row ids grouped by reason and destination (an outage gives every row the same)."""
     grouped: dict[tuple[str, str | None], list[int]] = {}
     for failure in failures:
-        grouped.setdefault((failure.reason, failure.waiting_on), []).append(failure.id)
+        grouped.setdefault((failure.reason, stored_key(failure.waiting_on)), []).append(
+            failure.id)
     return grouped
 
 
 class Deliveries(StoreBase):
     """Claims, outcomes, waits and the SQLite delivery lease."""
 
-    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[StoredWebhook]:
-        """Lease up to ``limit`` due rows to ``owner``; concurrent claimers skip each other.
+    def claim(self, owner: str, limit: int, lease_seconds: float,
+              ids: Sequence[int] | None = None) -> list[StoredWebhook]:
+        """Lease up to ``limit`` due rows to ``owner`` (or, with ``ids``, those rows whether
+        due or not: their lookups have ended); concurrent claimers skip each other.
 
         The attempt is counted at claim time, so a row that crashes its worker every time
         still runs out of attempts and reaches the dead letters.
         """
         now = self.now()
+        free = or_(webhooks.c.lease_expires_at.is_(None), webhooks.c.lease_expires_at < now,
+                   webhooks.c.lease_expires_at > now + lease_seconds + IMPLAUSIBLE_MARGIN_SECONDS)
+        chosen = webhooks.c.id.in_(ids) if ids is not None else webhooks.c.next_attempt_at <= now
         due = (
             select(webhooks.c.id)
-            .where(
-                IS_PENDING,
-                webhooks.c.next_attempt_at <= now,
-                or_(webhooks.c.lease_expires_at.is_(None), webhooks.c.lease_expires_at < now,
-                    webhooks.c.lease_expires_at > now + lease_seconds
-                    + IMPLAUSIBLE_MARGIN_SECONDS),
-            )
+            .where(IS_PENDING, chosen, free)
             .order_by(webhooks.c.next_attempt_at, webhooks.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -143,7 +151,8 @@ class Deliveries(StoreBase):
         by_wait: dict[tuple[str, str | None, float], list[int]] = {}
         for failure in parked:
             wait = round(failure.retry_after or 0.0, 1)
-            by_wait.setdefault((failure.reason, failure.waiting_on, wait), []).append(failure.id)
+            by_wait.setdefault((failure.reason, stored_key(failure.waiting_on), wait),
+                               []).append(failure.id)
         for (reason, destination, wait), ids in by_wait.items():
             # Not tried either: the attempt comes back; the destination says what it awaits.
             changes.append((ids, {"next_attempt_at": now + wait, "last_error": reason,
@@ -186,7 +195,7 @@ class Deliveries(StoreBase):
         statement = (
             update(webhooks)
             .where(IS_PENDING, webhooks.c.lease_owner.is_(None),
-                   webhooks.c.waiting_on == destination[:100],
+                   webhooks.c.waiting_on == stored_key(destination),
                    webhooks.c.wait_reason.in_(("parked", "backoff")))
             .values(next_attempt_at=self.now())
         )

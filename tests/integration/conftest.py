@@ -7,7 +7,6 @@ copy of it (a file copy on SQLite, ``CREATE DATABASE … TEMPLATE`` on PostgreSQ
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -21,8 +20,9 @@ from drift_segment_source import create_app
 from drift_segment_source.store.db import make_engine
 from drift_segment_source.store.store import Store
 
+from ..conftest import postgres_database
 from ..support.fake_segment import FakeSegment
-from ..support.postgres import create_database, drop_database, temporary_server
+from ..support.postgres import create_database
 from ..support.webhooks import DRIFT_TOKEN, TOKEN, WRITE_KEY, webhook
 from .browser import browser  # noqa: F401 (a fixture, shared by the page tests)
 
@@ -33,12 +33,6 @@ DRIFT_API_URL = "https://drift.test"
 __all__ = ["DRIFT_TOKEN", "TOKEN", "WRITE_KEY", "webhook"]
 # The receipt time fixtures assume for events without a time of their own.
 FIXED_RECEIPT = 1714420800.0
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str | None]:
-    with temporary_server() as url:
-        yield url
 
 
 def migrated(url: str) -> None:
@@ -70,19 +64,6 @@ def postgres_template(postgres_server: str | None) -> str | None:
     return url.rsplit("/", 1)[1]
 
 
-def _postgres_database(server: str | None, template: str | None = None) -> Iterator[str]:
-    if server is None:
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail("REQUIRE_POSTGRES=1 but no PostgreSQL server could be started")
-        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql, "
-                    "or set TEST_POSTGRES_URL); .ci/run installs it")
-    url = create_database(server, template=template)
-    try:
-        yield url
-    finally:
-        drop_database(server, url)
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_server: str | None,
                  sqlite_template: Path, postgres_template: str | None) -> Iterator[str]:
@@ -93,19 +74,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_server
         shutil.copyfile(sqlite_template, path)
         yield f"sqlite:///{path}"
     else:
-        yield from _postgres_database(postgres_server, postgres_template)
+        yield from postgres_database(postgres_server, postgres_template)
 
 
 @pytest.fixture
 def postgres_url(postgres_server: str | None, postgres_template: str | None) -> Iterator[str]:
     """A PostgreSQL database only, with the newest schema (tests of PostgreSQL's behaviour)."""
-    yield from _postgres_database(postgres_server, postgres_template)
-
-
-@pytest.fixture
-def empty_postgres_url(postgres_server: str | None) -> Iterator[str]:
-    """A PostgreSQL database without any schema (tests of migrations)."""
-    yield from _postgres_database(postgres_server)
+    yield from postgres_database(postgres_server, postgres_template)
 
 
 AppFactory = Callable[..., Flask]

@@ -14,7 +14,6 @@ from flask import Flask
 from sqlalchemy import text
 
 from drift_segment_source.app import make_delivery
-from drift_segment_source.delivery.housekeeping import PRUNE_EVERY_SECONDS
 from drift_segment_source.sources.drift.backfill import BeyondHorizon, check_window, store_webhooks
 from drift_segment_source.store.retention import HORIZON_CACHE_SECONDS
 
@@ -23,6 +22,7 @@ from ..support.fake_segment import FakeSegment
 from .conftest import FIXTURES, AppFactory, seen_now, webhook
 
 DAY = 86_400
+PRUNE_EVERY_SECONDS = 600  # the default RETENTION_INTERVAL_SECONDS
 # The fixtures' events happened on 2024-04-29; the clock starts an hour later.
 START = 1714420800.0 + 3600
 

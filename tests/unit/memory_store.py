@@ -59,11 +59,13 @@ class MemoryStore:
                                     state=state, next_attempt_at=now, hold_reason=hold_reason)
             return row_id
 
-    def claim(self, owner: str, limit: int, lease_seconds: float) -> list[StoredWebhook]:
+    def claim(self, owner: str, limit: int, lease_seconds: float,
+              ids: Sequence[int] | None = None) -> list[StoredWebhook]:
         now = self.now()
         with self._lock:
             due = sorted((row for row in self.rows.values()
-                          if row.state == "pending" and row.next_attempt_at <= now
+                          if row.state == "pending"
+                          and (row.id in ids if ids is not None else row.next_attempt_at <= now)
                           and (row.lease_expires_at is None or row.lease_expires_at < now)),
                          key=lambda row: (row.next_attempt_at, row.id))[:limit]
             for row in due:

@@ -264,14 +264,24 @@ def test_a_row_without_a_contact_is_a_dead_letter_and_fails_alone(
     assert {m["anonymousId"] for m in transport.messages(KEY_A)} == {"1"}, "never 'None'"
 
 
-def test_a_row_past_the_age_limit_is_a_dead_letter_with_the_reason(
+def test_a_row_past_the_age_limit_that_still_fails_is_a_dead_letter_with_the_reason(
         store: MemoryStore, transport: Transport, drift: DriftApi, clock: Clock) -> None:
     old = conversation(store, ORG_A, 1)
     clock.advance(3 * 3600)
+    transport.failing[KEY_A] = SegmentError(503, "down")
     run(delivery(store, transport, drift, clock, max_age_hours=2))
     assert store.row(old).state == "dead"
-    assert store.row(old).last_error == "undelivered after 2 hours"
-    assert transport.messages(KEY_A) == []
+    assert store.row(old).last_error == "undelivered after 2 hours: Segment 503: down"
+
+
+def test_a_row_past_the_age_limit_that_can_be_delivered_is(
+        store: MemoryStore, transport: Transport, drift: DriftApi, clock: Clock) -> None:
+    """Age is no reason to drop a row that can go now (a clock jumped ahead, a long outage
+    just ended): only a row that still waits ages out."""
+    old = conversation(store, ORG_A, 1)
+    clock.advance(30 * 86400)
+    run(delivery(store, transport, drift, clock, max_age_hours=2))
+    assert store.row(old).state == "delivered"
 
 
 def test_a_stopping_loop_hands_rows_back_untried(
@@ -313,7 +323,7 @@ def test_a_row_out_of_attempts_is_a_dead_letter_naming_the_last_failure(
     outcomes = Outcomes(attempts={row_id: row.attempts})
     outcomes.file(row_id, SegmentError(503, "down"))
     Recorder(store, "owner", RetryPolicy(1, 60, max_attempts=1), clock,  # type: ignore
-             lambda: 0.0).record(outcomes)
+             0.0).record(outcomes)
     assert store.row(row_id).state == "dead"
     assert store.row(row_id).last_error == "gave up after 1 attempts: Segment 503: down"
 
@@ -327,3 +337,84 @@ def test_a_refused_message_is_a_dead_letter_and_a_server_error_a_retry() -> None
     assert outcomes.dead[1].reason.startswith("cannot translate: KeyError")
     assert [(failure.id, failure.waiting_on) for failure in outcomes.retry] == [
         (2, "segment:x")]
+
+
+def test_rows_for_a_busy_destination_go_back_and_others_are_not_held_up(
+        store: MemoryStore, transport: Transport, drift: DriftApi, clock: Clock) -> None:
+    """A destination that answers, slowly, holds up its own lane only: while it still posts
+    one job with another waiting, the next rows for it go back for a moment."""
+    transport.blocked[KEY_A] = threading.Event()
+    engine = delivery(store, transport, drift, clock, lane_wait_seconds=0.0)
+    first = [conversation(store, ORG_A, n) for n in (1, 2)]
+    engine.run_round()  # A's job runs (and blocks)
+    queued = conversation(store, ORG_A, 3)
+    engine.run_round()  # A's second job waits behind it
+    later, other = conversation(store, ORG_A, 4), conversation(store, ORG_B, 5)
+    engine.run_round()
+    assert (store.row(later).state, store.row(later).wait_reason) == ("pending", "deferred")
+    assert engine.paced, "the loop waits a poll interval before claiming them again"
+    assert engine.drain(0) is False
+    transport.blocked[KEY_A].set()
+    assert engine.drain(5)
+    assert store.row(other).state == "delivered"
+    assert {store.row(row_id).state for row_id in [*first, queued]} == {"delivered"}
+
+
+def test_a_stopping_loop_does_not_wait_for_a_slow_post(
+        store: MemoryStore, transport: Transport, drift: DriftApi, clock: Clock) -> None:
+    transport.blocked[KEY_A] = threading.Event()
+    conversation(store, ORG_A, 1)
+    engine = delivery(store, transport, drift, clock, lane_wait_seconds=60.0)
+    round_thread = threading.Thread(target=engine.run_round)
+    round_thread.start()
+    engine.stop()
+    round_thread.join(5)
+    assert not round_thread.is_alive(), "the round returned while the post still hangs"
+    transport.blocked[KEY_A].set()
+
+
+def test_rows_left_waiting_by_an_earlier_process_go_when_their_destination_answers(
+        store: MemoryStore, transport: Transport, drift: DriftApi, clock: Clock) -> None:
+    transport.failing[KEY_A] = SegmentError(429, "slow down", retry_after=300.0)
+    earlier = [conversation(store, ORG_A, n) for n in (1, 2)]
+    run(delivery(store, transport, drift, clock))
+    assert {store.row(row_id).wait_reason for row_id in earlier} == {"backoff"}
+    del transport.failing[KEY_A]
+    restarted = delivery(store, transport, drift, clock)  # a new process: its breakers closed
+    conversation(store, ORG_A, 3)
+    run(restarted)  # the new row goes: the destination answers
+    run(restarted)  # and the rows backing off behind it are due at once, not in 5 minutes
+    assert {store.row(row_id).state for row_id in earlier} == {"delivered"}
+
+
+def test_a_drift_write_still_running_is_not_made_again_by_another_loop(
+        store: MemoryStore, transport: Transport, clock: Clock) -> None:
+    class SlowDrift(DriftApi):
+        """The Drift API whose timeline writes answer when released."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.written: list[dict[str, Any]] = []
+
+        def timeline_event(self, event: dict[str, Any], credentials: Credentials) -> None:
+            self.released.wait(5)
+            self.written.append(event)
+
+    slow = SlowDrift()
+    slow.released.clear()
+    row_id = store.add(ORG_A, "segment:track", {"type": "track", "userId": "u-1",
+                                                "event": "Signed Up", "messageId": "m-1",
+                                                "timestamp": "2024-04-29T19:40:00.123Z"})
+    first = delivery(store, transport, slow, clock, lookup_wait_seconds=0.0)
+    other = Delivery(DeliverySettings(lookup_wait_seconds=0.0), RetentionSettings(),
+                     store=store, routing=Routing(), transport=transport,  # type: ignore
+                     drift_api=slow, clock=clock, owner="another-loop")  # type: ignore
+    first.run_round()
+    assert store.row(row_id).wait_reason == "lookup"
+    clock.advance(first.settings.lookup_limit_seconds + 1)  # past one lookup's limit
+    assert other.run_round() == 0, "the row waits for its write, not for another loop"
+    slow.released.set()
+    assert first.lookup_ended.wait(5)
+    first.run_round()
+    assert store.row(row_id).state == "delivered"
+    assert len(slow.written) == 1
