@@ -27,7 +27,7 @@ CONFIGURATION = ROOT / "docs" / "configuration.md"
 # each with the file that reads it (the test checks it does).
 NOT_SETTINGS = {
     "PROMETHEUS_MULTIPROC_DIR": "drift_segment_source/gunicorn_conf.py",
-    "REQUIRE_POSTGRES": "tests/integration/conftest.py",
+    "REQUIRE_POSTGRES": "tests/conftest.py",
     "REQUIRE_BROWSER": "tests/support/browser.py",
     "TEST_POSTGRES_URL": "tests/support/postgres.py",
 }
