@@ -277,6 +277,7 @@ def test_no_post_outlives_the_lease_whatever_segment_does(
     delivery = make_delivery(app)
     took = timed_round(delivery)
     assert took < 3, "the round outlived its lease: another loop could send it again"
+    assert delivery.drain(3), "the lane's posts ended inside the lease too"
     assert all(row(app, webhook_id)["state"] == "pending" and
                row(app, webhook_id)["lease_owner"] is None for webhook_id in good)
     # The post cut off at the round's deadline counts as no answer: the circuit opens.
