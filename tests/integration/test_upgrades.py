@@ -118,9 +118,12 @@ def test_an_upgrade_from_before_dedupe_keys_refuses_what_may_have_been_pruned(
     older than the oldest delivered row kept may have been delivered and pruned."""
     clock = Clock()
     app = make_app(SEGMENT_HOST=segment.url, CLOCK=clock)
+    pruned = app.test_client().post("/webhooks/drift", json=conversation(9)).get_json()["id"]
     kept = app.test_client().post("/webhooks/drift", json=conversation(1)).get_json()["id"]
     set_state(app, kept, "delivered", clock.now)
     downgrade(app, "0001")
+    with app.extensions["store"].engine.begin() as connection:  # as the old version pruned
+        connection.execute(text(f"DELETE FROM webhooks WHERE id = {int(pruned)}"))
     clock.advance(20 * DAY)
     app.extensions["store"].migrate()
     # An event of the same day as the one kept, which the old version may have pruned.
@@ -136,6 +139,19 @@ def test_an_upgrade_from_before_dedupe_keys_refuses_what_may_have_been_pruned(
         "accepted"
     make_delivery(app).run_round()
     assert [message["properties"]["id"] for message in segment.messages] == [3]
+
+
+def test_an_upgrade_of_a_store_that_pruned_nothing_records_no_horizon(
+        make_app: AppFactory, segment: FakeSegment) -> None:
+    """Every row the old version stored is still there: backfill may reach as far back as it
+    likes, and finds what it stored a duplicate."""
+    clock = Clock()
+    app = make_app(SEGMENT_HOST=segment.url, CLOCK=clock)
+    kept = app.test_client().post("/webhooks/drift", json=conversation(1)).get_json()["id"]
+    set_state(app, kept, "delivered", clock.now)
+    downgrade(app, "0001")
+    app.extensions["store"].migrate()
+    assert app.extensions["store"].dedupe_horizon() == 0.0
 
 
 def test_a_new_store_records_no_horizon(make_app: AppFactory) -> None:

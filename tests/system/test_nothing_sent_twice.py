@@ -52,7 +52,7 @@ def test_an_event_delivered_and_pruned_is_not_sent_again_by_redelivery_or_backfi
         drift: FakeDrift) -> None:
     # Delivered rows are kept RETENTION_DAYS (here a second); their dedupe keys far longer.
     env = service_env(f"sqlite:///{tmp_path / 'store.sqlite3'}", segment, drift,
-                      RETENTION_DAYS=1 / DAY)
+                      RETENTION_DAYS=1 / DAY, RETENTION_INTERVAL_SECONDS=1)
     service = start_service(env)
     replayed = new_conversation(46_000_000_001)["data"] | {"createdAt": now_ms(-1)}
     backfilled = new_conversation(46_000_000_002)["data"] | {"createdAt": now_ms(-1),
@@ -145,7 +145,8 @@ def test_a_meeting_booked_before_the_dedupe_horizon_is_refused_not_sent_again(
     # clocks that disagree reaches into tomorrow). Rescheduled since, it comes again with a
     # newer updatedAt (two days ahead, past that margin): a meeting is as old as its booking,
     # so it is refused, as is the untouched one, never sent as a new booking.
-    env = service_env(database_url, segment, drift, DEDUPE_RETENTION_DAYS=1 / DAY)
+    env = service_env(database_url, segment, drift, DEDUPE_RETENTION_DAYS=1 / DAY,
+                      RETENTION_INTERVAL_SECONDS=1)
     booked = now_ms(-100)
     rescheduled = {"eventId": "evt-horizon-1", "schedulerId": 46_600_000_001,
                    "agentId": 2322756, "orgId": ORG, "status": "ACTIVE",

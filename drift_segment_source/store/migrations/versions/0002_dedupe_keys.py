@@ -7,9 +7,10 @@ sent again after it is not taken for a new one.
 
 The version before this one pruned delivered rows, and their keys with them, after
 RETENTION_DAYS: what it pruned cannot be known here. So a store that existed before this
-revision gets a conservative dedupe horizon: the oldest finish time of the delivered rows
-it still holds (every row finished before that may have been pruned), or the upgrade's own
-time when it holds none. Events before the horizon are refused rather than sent twice.
+revision, and no longer holds every row it stored, gets a conservative dedupe horizon: the
+oldest finish time of the delivered rows it still holds (every row finished before that may
+have been pruned), or the upgrade's own time when it holds none. Events before the horizon
+are refused rather than sent twice.
 
 The identities below are frozen copies of the translators' as of this revision: a
 migration never imports application code, which goes on changing after it.
@@ -89,10 +90,14 @@ def digests(row: Any) -> Iterator[bytes]:
 
 def record_conservative_horizon(connection: Any) -> None:
     """A store that existed before this revision may have pruned rows and their keys: the
-    oldest finish time of the delivered rows it kept bounds what may be gone."""
+    oldest finish time of the delivered rows it kept bounds what may be gone. A store that
+    still holds every row it ever stored (ids 1 to the highest, none missing) pruned nothing."""
     attributes = context.config.attributes
     if attributes.get("starting_revision") is None:
         return  # a new store: nothing was ever pruned
+    count, highest = connection.execute(sa.text("SELECT count(*), max(id) FROM webhooks")).one()
+    if highest is not None and int(count) == int(highest):
+        return  # every row ever stored is still here
     oldest_kept = connection.execute(sa.text(
         "SELECT min(finished_at) FROM webhooks WHERE state IN ('delivered', 'dry_run')"
     )).scalar()
