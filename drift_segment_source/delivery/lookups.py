@@ -42,6 +42,9 @@ DRIFT_PARKED = "waiting for the Drift API: it is not answering (circuit open)"
 # few enough to stay well inside Drift's rate limit. Others queue, up to MAX_QUEUED.
 MAX_RUNNING = 8
 MAX_QUEUED = 10_000
+# A queued lookup may start this long after its limit (and still end inside its row's wait of
+# two limits and twice this: see Delivery's Recorder).
+START_GRACE_SECONDS = 1.0
 
 
 class NotStarted(Exception):
@@ -51,9 +54,10 @@ class NotStarted(Exception):
 class Lookups:
     """Runs each distinct lookup once at a time, in at most MAX_RUNNING daemon threads.
 
-    A lookup that has not started within ``limit_seconds`` of being queued is not made: its
-    row was handed back to wait ``2 × limit_seconds`` at most (see DriftLookups.finish), and
-    a call made later could still run when another loop takes the row (a write made twice).
+    A lookup that has not started within ``limit_seconds`` (and START_GRACE_SECONDS) of being
+    queued is not made: its row was handed back to wait two limits at most (see
+    DriftLookups.finish), and a call made later could still run when another loop takes the
+    row (a write made twice).
     """
 
     def __init__(self, max_running: int = MAX_RUNNING,
@@ -83,7 +87,8 @@ class Lookups:
                 return None
             future: Future[Any] = Future()
             self._futures[key] = future
-            self._queue.append((key, call, future, self._monotonic() + self._limit))
+            self._queue.append((key, call, future,
+                                self._monotonic() + self._limit + START_GRACE_SECONDS))
             if self._threads >= self._max_running:
                 return future
             self._threads += 1

@@ -38,7 +38,7 @@ from drift_segment_source.store.store import Failure, Store, StoredWebhook
 from .breakers import Breakers
 from .housekeeping import Housekeeping, tune_gc
 from .lanes import Lanes
-from .lookups import DriftLookups
+from .lookups import START_GRACE_SECONDS, DriftLookups
 from .outcomes import Outcomes, Parked, Recorder, RetryPolicy
 from .posting import Deadlines, Poster, breaker_of, segment_parked
 from .rows import Known, Prepared, Waiting
@@ -86,7 +86,8 @@ class Delivery:
                                     on_done=self.on_lookup_ended)
         self.recorder = Recorder(store, self.owner, RetryPolicy(
             settings.backoff_seconds, settings.backoff_max_seconds, settings.max_attempts),
-            clock, 2 * settings.lookup_limit_seconds, settings.max_age_hours * 3600)
+            clock, 2 * (settings.lookup_limit_seconds + START_GRACE_SECONDS),
+            settings.max_age_hours * 3600)
         self.to_segment = ToSegment(routing, self.lookups, MessageBuilder(), stitching)
         self.to_drift = ToDrift(routing, self.lookups, DriftWrites(drift_api), clock,
                                 settings.unknown_user_retry_minutes)
