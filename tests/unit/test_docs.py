@@ -77,6 +77,10 @@ def documented_settings() -> dict[str, str]:
     return {name: default.strip() for name, default in rows}
 
 
+# What a benchmark's smoke run writes beside the reports (git-ignored, never shipped).
+RUN_OUTPUT = ("-quick.json", "-quick.md")
+
+
 def repository_files() -> Iterator[Path]:
     """Every text file of the repository (caches, virtualenvs and run output left out)."""
     for folder, subfolders, names in os.walk(ROOT):
@@ -86,7 +90,8 @@ def repository_files() -> Iterator[Path]:
             and (not name.startswith(".") or name == ".ci"))
         for name in sorted(names):
             path = Path(folder) / name
-            if name != ".git" and path.is_file() and b"\0" not in path.read_bytes():
+            if (name != ".git" and not name.endswith(RUN_OUTPUT) and path.is_file()
+                    and b"\0" not in path.read_bytes()):
                 yield path
 
 
