@@ -47,18 +47,21 @@ class Built:
 
 
 def stored_identity(translator: Translator, org_id: int, data: dict[str, Any],
-                    received_at: float, stored_key: str) -> list[Any] | None:
-    """The identity an event was stored under, when it is not today's: a version that read
-    numeric-string ids as they were sent made the key (and sent the messageIds) of those.
-    Its messages keep their messageIds, so a copy Segment already has is dropped."""
+                    received_at: float, stored_key: str) -> list[Any]:
+    """The identity the event was stored under, its messageIds' basis. It is today's, unless
+    a version that read numeric-string ids as they were sent made the key (and may have sent
+    the messageIds) of those: its messages keep them, so a copy Segment has is dropped."""
     received_ms = receipt_ms(received_at)
-    identity = list(translator.identity(data, received_ms))
-    if not stored_key or dedupe_key(org_id, translator.event_type, identity) == stored_key:
-        return None
     as_sent = list(translator.identity_as_sent(data, received_ms))
-    if dedupe_key(org_id, translator.event_type, as_sent) == stored_key:
+    if not translator.spellings.ids_as_text(data):
+        return as_sent  # the usual case: ids sent as numbers, one identity either way
+    identity = list(translator.identity(data, received_ms))
+    if as_sent == identity or not stored_key:
+        return identity
+    if dedupe_key(org_id, translator.event_type, identity) != stored_key and dedupe_key(
+            org_id, translator.event_type, as_sent) == stored_key:
         return as_sent
-    return None
+    return identity
 
 
 def segment_messages(translator: Translator, org_id: int, data: dict[str, Any],

@@ -287,6 +287,8 @@ class Spellings:
 
     def numeric_times(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """``data`` with its time strings (already validated) as epoch milliseconds."""
+        if not self._spelled_as_text(data, self.times):
+            return dict(data)  # the usual case: nothing to read again
         found = dict(data)
         for name in self.times:
             if isinstance(found.get(name), str):
@@ -296,8 +298,33 @@ class Spellings:
                 found[name] = inner.numeric_times(found[name])
         return found
 
+    def _spelled_as_text(self, data: Mapping[str, Any], names: tuple[str, ...]) -> bool:
+        """Whether any of ``names`` (or anything nested) holds text: only then is there a
+        spelling to change, and a copy of ``data`` to make. (Plain loops: this runs for
+        every row delivery translates.)"""
+        for name in names:
+            if type(data.get(name)) is str:
+                return True
+        for name in self.id_lists:
+            value = data.get(name)
+            if type(value) is list:
+                for item in value:
+                    if type(item) is str:
+                        return True
+        for name, _ in self.nested:
+            if isinstance(data.get(name), Mapping):
+                return True
+        return False
+
+    def ids_as_text(self, data: Mapping[str, Any]) -> bool:
+        """Whether any id of ``data`` is spelled as text (``"123"``)."""
+        return self._spelled_as_text(data, self.ids)
+
     def canonical_ids(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """``data`` with its ids as numbers: ``"123"`` and ``123`` name one Drift object."""
+        if not self._spelled_as_text(data, self.ids):
+            # The usual case, ids sent as numbers: read as it is (identities only read it).
+            return data if isinstance(data, dict) else dict(data)
         found = dict(data)
         for name in self.ids:
             if isinstance(found.get(name), str) and NUMERIC.fullmatch(found[name]):
