@@ -211,7 +211,11 @@ def load_settings(
                               f"fix or unset it ({setting.doc})") from None
     for name, value in (overrides or {}).items():
         declared = SETTINGS_BY_NAME.get(name)
-        if declared is not None and isinstance(value, str) and declared.parse is not _text:
+        if declared is None:
+            # Only declared settings reach the components (a clock or a transport is handed
+            # to create_app as such, never through the settings).
+            raise ConfigError(f"{name} is not a setting of this service (see `config`)")
+        if isinstance(value, str) and declared.parse is not _text:
             value = declared.parse(value)
         values[name] = value
     return values

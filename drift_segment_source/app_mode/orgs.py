@@ -326,7 +326,4 @@ def region_of(stored: str | None) -> str | None:
 
 def configured_hosts(settings: Mapping[str, Any]) -> dict[str, str]:
     """Region → where its orgs' messages go, from the operator's settings."""
-    hosts = {"us": settings["SEGMENT_HOST"], "eu": settings["SEGMENT_EU_HOST"]}
-    # Tests point both regions at one fake at once.
-    hosts.update(settings.get("SEGMENT_REGION_HOSTS") or {})
-    return hosts
+    return {"us": settings["SEGMENT_HOST"], "eu": settings["SEGMENT_EU_HOST"]}

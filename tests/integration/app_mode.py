@@ -36,7 +36,8 @@ def app_mode_settings(drift: FakeDrift, segment: FakeSegment, **overrides: Any) 
         "DRIFT_SETTINGS_URL": drift.settings_url,
         "SEGMENT_WRITE_KEY": None,
         "DRIFT_ACCESS_TOKEN": None,
-        "SEGMENT_REGION_HOSTS": {"us": segment.url, "eu": segment.url},
+        "SEGMENT_HOST": segment.url,  # both regions at one fake
+        "SEGMENT_EU_HOST": segment.url,
     }
     settings.update(overrides)
     return settings

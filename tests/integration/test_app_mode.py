@@ -177,7 +177,7 @@ def test_camel_case_answer_without_org_id_asks_token_info(
 def test_write_key_is_saved_and_admin_sent_back_to_drift_settings(
         app_mode: Callable[..., Flask], drift: FakeDrift, segment: FakeSegment) -> None:
     with FakeSegment() as eu_segment:
-        app = app_mode(SEGMENT_REGION_HOSTS={"us": segment.url, "eu": eu_segment.url})
+        app = app_mode(SEGMENT_HOST=segment.url, SEGMENT_EU_HOST=eu_segment.url)
         install(app.test_client(), drift, ORG_A, WRITE_KEY_A, region="eu")
     secrets = app.extensions["routing"].directory.secrets(ORG_A)
     assert (secrets.write_key, secrets.segment_host) == (WRITE_KEY_A, eu_segment.url)

@@ -137,8 +137,7 @@ def eu_segment() -> Iterator[FakeSegment]:
 def regional(app_mode: Callable[..., Flask], us: FakeSegment, eu: FakeSegment,
              **overrides: Any) -> Flask:
     """An app-mode app whose regions go where the operator's settings say."""
-    return app_mode(SEGMENT_REGION_HOSTS=None, SEGMENT_HOST=us.url, SEGMENT_EU_HOST=eu.url,
-                    **overrides)
+    return app_mode(SEGMENT_HOST=us.url, SEGMENT_EU_HOST=eu.url, **overrides)
 
 
 def test_each_org_is_delivered_to_the_host_configured_for_its_region(

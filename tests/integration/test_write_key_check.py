@@ -55,8 +55,8 @@ def app_mode(make_app: AppFactory, drift: FakeDrift, segment: FakeSegment,
              eu_segment: FakeSegment) -> Callable[..., Flask]:
     """App mode with the US region at ``segment`` and the EU region at ``eu_segment``."""
     def build(**overrides: Any) -> Flask:
-        settings = {"SEGMENT_REGION_HOSTS": None, "SEGMENT_HOST": segment.url,
-                    "SEGMENT_EU_HOST": eu_segment.url, **overrides}
+        settings = {"SEGMENT_HOST": segment.url, "SEGMENT_EU_HOST": eu_segment.url,
+                    **overrides}
         return make_app(**app_mode_settings(drift, segment, **settings))
     return build
 
