@@ -1,7 +1,8 @@
 """drift-segment-source: Drift webhooks in, exact Segment calls out.
 
-The path of a webhook, one module each: ``webhooks`` (receive) → ``verification`` →
-``envelope`` → ``translators`` (validate) → ``store`` → ``delivery`` → ``segment_out``.
+The path of a webhook, by folder: ``sources`` (the doors: receive, verify, validate) →
+``store`` (stored before answered) → ``delivery`` (the engine) → ``destinations`` (Segment,
+the Drift API). See docs/architecture.md.
 """
 
 from __future__ import annotations
