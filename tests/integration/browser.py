@@ -1,23 +1,15 @@
-"""A real headless Chromium for the page tests, driven through chromedriver, and the checks
-they share: no element outside its box or the viewport, screenshots as test artifacts.
-
-Needs Debian's ``chromium`` and ``chromium-driver``; without them the tests are skipped,
-unless ``REQUIRE_BROWSER=1`` (CI), where they fail.
-"""
+"""The page tests' browser (tests/support/browser.py's headless Chromium) and the checks
+they share: no element outside its box or the viewport; screenshots as test artifacts."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+from ..support.browser import chromium
 
 # Every element of the page's main content that sticks out of the viewport, out of its
 # parent's box, or whose content overflows it (a value that neither wraps nor scrolls).
@@ -58,48 +50,11 @@ return found;
 """
 
 
-def missing_browser() -> list[str]:
-    """What this machine lacks to drive a real browser."""
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package (pip install -e '.[test]')")
-    return missing
-
-
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    """A headless Chromium with a fresh profile, driven through chromedriver."""
-    missing = missing_browser()
-    if missing:
-        reason = f"no real browser here: missing {', '.join(missing)} " \
-                 "(apt-get install chromium chromium-driver; .ci/run does)"
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(f"REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run",
-                     "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
+    """A headless Chromium with a fresh profile (tests/support/browser.py)."""
+    with chromium(tmp_path / "profile") as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def screenshot(driver: Any, name: str) -> None:
-    """Save what the browser shows as ``test-artifacts/screenshots/<name>.png``."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    assert driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
 
 def viewport(driver: Any, width: int, height: int = 900) -> None:

@@ -15,61 +15,16 @@ The translator tests need no database or socket; the last tests post to the endp
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from typing import Any
 
-import pytest
-from marshmallow import ValidationError
+from drift_segment_source.sources.drift.translators import TRANSLATORS, dedupe_key
 
-from drift_segment_source.destinations.segment import MessageBuilder
-from drift_segment_source.sources.drift.translators import TRANSLATORS, dedupe_key, translate
-
-from .conftest import FIXTURES, AppFactory, webhook
-
-RECEIVED = datetime(2024, 4, 29, 20, 0, tzinfo=UTC)
-ORG = 5000883
-
-
-def seed(event_type: str) -> dict[str, Any]:
-    """The data of the event's seed example (contact_identified: its endUserId form)."""
-    case = "end_user_id_form" if event_type == "contact_identified" else "seed_example"
-    document: dict[str, Any] = json.loads((FIXTURES / event_type / f"{case}.json").read_text())
-    return document["data"]
-
-
-def messages(event_type: str, data: dict[str, Any], conversation: Any = None
-             ) -> list[dict[str, Any]]:
-    """The Segment messages ``data`` becomes, validated at the door."""
-    translator = TRANSLATORS[event_type]
-    builder = MessageBuilder()
-    return [without_sent_at(builder.build(call)) for call in translate(
-        translator, ORG, translator.validate(data), RECEIVED, conversation)]
-
-
-def redelivered(event_type: str, data: dict[str, Any], conversation: Any = None
-                ) -> list[dict[str, Any]]:
-    """The same, the way delivery translates a stored webhook (no re-validation)."""
-    translator = TRANSLATORS[event_type]
-    builder = MessageBuilder()
-    return [without_sent_at(builder.build(call)) for call in translate(
-        translator, ORG, translator.reshape(data), RECEIVED, conversation)]
-
-
-def without_sent_at(message: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in message.items() if key != "sentAt"}
-
-
-def key_of(event_type: str, data: dict[str, Any]) -> str:
-    translator = TRANSLATORS[event_type]
-    return dedupe_key(ORG, event_type, translator.identity(translator.validate(data), 0))
-
-
-def refusal(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
-    with pytest.raises(ValidationError) as refused:
-        TRANSLATORS[event_type].validate(data)
-    found: dict[str, Any] = refused.value.messages  # type: ignore[assignment]
-    return found
-
+from ..unit.test_input_shapes import (
+    ORG,
+    key_of,
+    seed,
+    stringified,
+)
+from .conftest import AppFactory, webhook
 
 # -- reading a time ---------------------------------------------------------------------------
 
@@ -89,28 +44,10 @@ def refusal(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 
-def stringified(value: Any) -> Any:
-    """Every integer of ``value`` (ids, times) spelled as a numeric string."""
-    if isinstance(value, dict):
-        return {key: stringified(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [stringified(item) for item in value]
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
 
 
 
 
-def iso_times(data: dict[str, Any]) -> dict[str, Any]:
-    """The event-time fields of ``data`` as ISO-8601 with an offset."""
-    found = {}
-    for name in ("createdAt", "scheduledAt", "changedAt", "timestamp"):
-        if isinstance(data.get(name), int):
-            seconds, millis = divmod(data[name], 1000)
-            moment = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=millis * 1000)
-            found[name] = moment.isoformat(timespec="milliseconds")
-    return found
 
 
 

@@ -17,10 +17,11 @@ from drift_segment_source.app import make_delivery
 from drift_segment_source.delivery.breakers import segment_key
 from drift_segment_source.store.refusals import DRIFT_WRONG
 
+from ..support.browser import screenshot
 from ..support.fake_drift import FakeDrift
 from ..support.fake_segment import FakeSegment
 from .app_mode import CLIENT_ID, CLIENT_SECRET, ORG_A, app_mode_settings
-from .browser import overflows, screenshot, viewport
+from .browser import overflows, viewport
 from .conftest import WRITE_KEY, AppFactory, webhook
 from .live_server import serving
 

@@ -8,7 +8,6 @@ out as ``[redacted]``, and what is not a secret comes out as it went in.
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 from collections.abc import Callable, Iterator
 
@@ -17,11 +16,12 @@ import sqlalchemy
 from flask import Flask
 
 from drift_segment_source.app_mode.secrets_box import SecretBox
-from drift_segment_source.logs import REDACTED, JsonLines
+from drift_segment_source.logs import REDACTED
 from drift_segment_source.store.db import orgs
 
 from ..support.fake_drift import FakeDrift
 from ..support.fake_segment import FakeSegment
+from ..unit.test_redaction import log
 from .app_mode import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -32,16 +32,6 @@ from .app_mode import (
     install,
 )
 from .conftest import AppFactory
-
-log = logging.getLogger("drift_segment_source.test")
-
-
-def line(message: str, *args: object, **extra: object) -> dict[str, object]:
-    """What the service's formatter writes for one log call, read back."""
-    record = logging.LogRecord(log.name, logging.WARNING, __file__, 1, message, args, None)
-    record.__dict__.update(extra)
-    parsed: dict[str, object] = json.loads(JsonLines().format(record))
-    return parsed
 
 
 @pytest.fixture

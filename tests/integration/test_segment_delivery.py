@@ -14,7 +14,6 @@ from sqlalchemy import text
 
 from drift_segment_source.app import make_delivery
 from drift_segment_source.delivery.breakers import drift_key
-from drift_segment_source.drift_api import Credentials, DriftApiError
 
 from ..support.clock import FakeClock
 from ..support.fake_drift import FakeDrift
@@ -234,39 +233,8 @@ def test_rows_whose_retries_fall_on_one_time_are_all_recorded(
 # -- DriftWrites against a stub of the Drift client ------------------------------------------
 
 
-class StubApi:
-    """Answers the DriftWrites calls from scripted values, recording them."""
-
-    def __init__(self, found: list[Any], create_error: DriftApiError | None = None,
-                 timeline_error: DriftApiError | None = None) -> None:
-        self.found = found
-        self.create_error = create_error
-        self.timeline_error = timeline_error
-        self.calls: list[tuple[str, Any]] = []
-
-    def contact_by_external_id(self, external_id: str, credentials: Credentials) -> Any:
-        self.calls.append(("find", external_id))
-        return self.found.pop(0)
-
-    def create_contact(self, attributes: dict[str, Any], credentials: Credentials) -> Any:
-        self.calls.append(("create", attributes))
-        if self.create_error is not None:
-            raise self.create_error
-        return {"data": {"id": 5}}
-
-    def update_contact(self, contact_id: Any, attributes: dict[str, Any],
-                       credentials: Credentials) -> Any:
-        self.calls.append(("patch", contact_id))
-        return {"data": {"id": contact_id}}
-
-    def timeline_event(self, event: dict[str, Any], credentials: Credentials) -> Any:
-        self.calls.append(("timeline", event))
-        if self.timeline_error is not None:
-            raise self.timeline_error
-        return {"data": event}
 
 
-CREDENTIALS = Credentials("token")
 
 
 
