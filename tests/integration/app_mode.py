@@ -7,14 +7,17 @@ import base64
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from ..support.fake_drift import FakeDrift
 from ..support.fake_segment import FakeSegment
-from .conftest import FIXTURES
+from ..support.paths import FIXTURES
 
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret-0123456789"
@@ -95,3 +98,16 @@ def events_by_write_key(segment: FakeSegment) -> dict[str, list[str]]:
         key = base64.b64decode(auth.removeprefix("Basic ")).decode().rstrip(":")
         received[key] += [message.get("event") or message["type"] for message in batch["batch"]]
     return dict(received)
+
+
+@pytest.fixture
+def drift() -> Iterator[FakeDrift]:
+    """A fake Drift that knows the app's client id and secret (OAuth, contacts, lookups)."""
+    with FakeDrift(CLIENT_ID, CLIENT_SECRET) as fake:
+        yield fake
+
+
+@pytest.fixture
+def app_mode(make_app: Any, drift: FakeDrift, segment: FakeSegment) -> Callable[..., Flask]:
+    """Build app-mode apps against the fakes, with these settings changed."""
+    return lambda **overrides: make_app(**app_mode_settings(drift, segment, **overrides))

@@ -24,6 +24,7 @@ from ..conftest import postgres_database
 from ..support.fake_segment import FakeSegment
 from ..support.postgres import create_database
 from ..support.webhooks import DRIFT_TOKEN, TOKEN, WRITE_KEY, webhook
+from .app_mode import app_mode, drift  # noqa: F401 (fixtures, shared by the app-mode tests)
 from .browser import browser  # noqa: F401 (a fixture, shared by the page tests)
 
 ROOT = Path(__file__).resolve().parents[2]

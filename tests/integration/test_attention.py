@@ -4,7 +4,7 @@ counted per minute in few writes, and circuits shown only for destinations confi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,13 +20,10 @@ from drift_segment_source.store.refusals import DRIFT_WRONG, SEGMENT_MISSING, Re
 from ..support.fake_drift import FakeDrift
 from ..support.fake_segment import FakeSegment
 from .app_mode import (
-    CLIENT_ID,
-    CLIENT_SECRET,
     ORG_A,
     ORG_B,
     WRITE_KEY_A,
     WRITE_KEY_B,
-    app_mode_settings,
     install,
 )
 from .conftest import SEGMENT_HOST, WRITE_KEY, AppFactory
@@ -123,16 +120,6 @@ def test_a_circuit_of_a_host_no_longer_configured_is_hidden_then_forgotten(
         segment_key(SEGMENT_HOST, WRITE_KEY), drift_key(5000883)])
 
 
-@pytest.fixture
-def drift() -> Iterator[FakeDrift]:
-    with FakeDrift(CLIENT_ID, CLIENT_SECRET) as fake:
-        yield fake
-
-
-@pytest.fixture
-def app_mode(make_app: AppFactory, drift: FakeDrift, segment: FakeSegment
-             ) -> Callable[..., Flask]:
-    return lambda **overrides: make_app(**app_mode_settings(drift, segment, **overrides))
 
 
 def test_app_mode_shows_the_circuits_of_installed_orgs_never_their_ids_publicly(

@@ -7,10 +7,8 @@ Screenshots: ``test-artifacts/screenshots/pages-*.png``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from flask import Flask
 
 from drift_segment_source.app import make_delivery
@@ -20,7 +18,7 @@ from drift_segment_source.store.refusals import DRIFT_WRONG
 from ..support.browser import screenshot
 from ..support.fake_drift import FakeDrift
 from ..support.fake_segment import FakeSegment
-from .app_mode import CLIENT_ID, CLIENT_SECRET, ORG_A, app_mode_settings
+from .app_mode import ORG_A, app_mode_settings
 from .browser import overflows, viewport
 from .conftest import WRITE_KEY, AppFactory, webhook
 from .live_server import serving
@@ -31,11 +29,6 @@ ADMIN = "admin-token-for-pages-0123456789"
 LONG_HOST = ("https://segment-collector.analytics-proxy.eu-west-1.internal."
              "example-corporation-with-a-long-name.com:8443")
 
-
-@pytest.fixture
-def drift() -> Iterator[FakeDrift]:
-    with FakeDrift(CLIENT_ID, CLIENT_SECRET) as fake:
-        yield fake
 
 
 def test_the_setup_page_holds_the_webhook_url_and_the_shared_secret(

@@ -27,13 +27,10 @@ from drift_segment_source.store.db import orgs
 from ..support.fake_drift import FakeDrift
 from ..support.fake_segment import FakeSegment
 from .app_mode import (
-    CLIENT_ID,
-    CLIENT_SECRET,
     ORG_A,
     ORG_B,
     WRITE_KEY_A,
     WRITE_KEY_B,
-    app_mode_settings,
     events_by_write_key,
     install,
     webhook_file,
@@ -45,16 +42,6 @@ ROUTER_HEADERS = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "relay.examp
                   "X-Forwarded-Port": "443", "X-Forwarded-For": "203.0.113.9"}
 
 
-@pytest.fixture
-def drift() -> Iterator[FakeDrift]:
-    with FakeDrift(CLIENT_ID, CLIENT_SECRET) as fake:
-        yield fake
-
-
-@pytest.fixture
-def app_mode(make_app: AppFactory, drift: FakeDrift, segment: FakeSegment
-             ) -> Callable[..., Flask]:
-    return lambda **overrides: make_app(**app_mode_settings(drift, segment, **overrides))
 
 
 def redirect_uri(location: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy
@@ -20,31 +20,13 @@ from drift_segment_source.logs import REDACTED
 from drift_segment_source.store.db import orgs
 
 from ..support.fake_drift import FakeDrift
-from ..support.fake_segment import FakeSegment
 from ..unit.test_redaction import log
 from .app_mode import (
-    CLIENT_ID,
-    CLIENT_SECRET,
     ORG_A,
     SECRET_KEY,
     WRITE_KEY_A,
-    app_mode_settings,
     install,
 )
-from .conftest import AppFactory
-
-
-@pytest.fixture
-def drift() -> Iterator[FakeDrift]:
-    with FakeDrift(CLIENT_ID, CLIENT_SECRET) as fake:
-        yield fake
-
-
-@pytest.fixture
-def app_mode(make_app: AppFactory, drift: FakeDrift, segment: FakeSegment
-             ) -> Callable[..., Flask]:
-    return lambda **overrides: make_app(**app_mode_settings(drift, segment, **overrides))
-
 
 # -- an org's decrypted secrets, logged by accident -------------------------------------------
 

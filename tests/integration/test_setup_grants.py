@@ -14,7 +14,6 @@ import hashlib
 import json
 import threading
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,8 +28,6 @@ from drift_segment_source.store.db import setup_grants
 from ..support.fake_drift import FakeDrift
 from ..support.fake_segment import FakeSegment
 from .app_mode import (
-    CLIENT_ID,
-    CLIENT_SECRET,
     ORG_A,
     ORG_B,
     WRITE_KEY_A,
@@ -57,11 +54,6 @@ class SteppedClock:
     def __call__(self) -> float:
         return self.now
 
-
-@pytest.fixture
-def drift() -> Iterator[FakeDrift]:
-    with FakeDrift(CLIENT_ID, CLIENT_SECRET) as fake:
-        yield fake
 
 
 @pytest.fixture

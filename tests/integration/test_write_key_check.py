@@ -22,8 +22,6 @@ from ..support.fake_drift import FakeDrift
 from ..support.fake_segment import FakeSegment
 from ..support.loopback import free_port
 from .app_mode import (
-    CLIENT_ID,
-    CLIENT_SECRET,
     ORG_A,
     WRITE_KEY_A,
     WRITE_KEY_B,
@@ -37,11 +35,6 @@ from .conftest import AppFactory
 
 NEW_CONVERSATION = "Drift Source Event: new_conversation"
 
-
-@pytest.fixture
-def drift() -> Iterator[FakeDrift]:
-    with FakeDrift(CLIENT_ID, CLIENT_SECRET) as fake:
-        yield fake
 
 
 @pytest.fixture
