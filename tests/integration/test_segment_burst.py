@@ -130,7 +130,7 @@ def test_a_burst_of_1000_segment_events_with_429s_is_delivered_once_each(
             # Segment retries what it did not see answered: 100 messages come again.
             again = post_all(url, messages[:100])
             store = app.extensions["store"]
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 240  # generous: a busy CI machine is slower
             deliverable_at = None
             while store.backlog()[0] and time.monotonic() < deadline:
                 if deliverable_at is None and delivered(store) == 1000 - UNKNOWN_USERS:
