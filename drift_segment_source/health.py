@@ -39,7 +39,9 @@ def readyz() -> tuple[Response, int]:
                            "oldest_pending_age_seconds": attention.oldest_pending_age_seconds}
         # Counts only: /readyz answers anyone, and a circuit's name can hold an org id.
         opened = attention.counts()["open_circuits"]
-        checks["circuits"] = {"ok": True, "open": sum(opened.values()),
+        # "ok" is the truth for a monitor; readiness (the status code) is about taking
+        # webhooks, which an open circuit does not stop.
+        checks["circuits"] = {"ok": not sum(opened.values()), "open": sum(opened.values()),
                               "segment": opened["segment"], "drift_api": opened["drift_api"]}
     except StoreUnavailable as error:
         checks["store"] = {"ok": False, "error": str(error)}

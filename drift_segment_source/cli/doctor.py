@@ -92,4 +92,4 @@ def check_write_key(settings: Mapping[str, Any], report: Report) -> None:
             write_key, settings["SEGMENT_HOST"], [])
         report.line(True, "Segment", f"{settings['SEGMENT_HOST']} accepted an empty batch")
     except SegmentError as error:
-        report.line(False, "Segment", str(error))
+        report.line(False, "Segment", f"{settings['SEGMENT_HOST']}: {error}")

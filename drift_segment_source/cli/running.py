@@ -15,9 +15,15 @@ from .base import fail, load_app, main
 @main.command()
 def serve() -> None:
     """Run the web service and its delivery loop (gunicorn, binds $PORT)."""
+    try:
+        # Checked before gunicorn (which reads WEB_CONCURRENCY when imported) and
+        # gunicorn_conf read them, so a bad value is one line, not a traceback.
+        config.load_settings()
+    except config.ConfigError as error:
+        fail(str(error), error)
     from gunicorn.app.base import BaseApplication
 
-    # First: it sets PROMETHEUS_MULTIPROC_DIR, which must precede any metric's creation.
+    # Then: it sets PROMETHEUS_MULTIPROC_DIR, which must precede any metric's creation.
     from .. import gunicorn_conf
 
     try:

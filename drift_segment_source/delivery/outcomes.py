@@ -166,7 +166,12 @@ class Recorder:
         for failure in outcomes.dead + exhausted:
             log.warning("dead-lettered", extra={"webhook_id": failure.id,
                                                 "reason": failure.reason})
-        log.info("delivery round", extra={"owner": self.owner, **counts})
+        # A round that only sent rows back to wait (an outage: one every few seconds) is not
+        # worth a line at INFO; the open circuit is on every surface.
+        busy = any(counts[outcome] for outcome in ("delivered", "dry_run", "dead", "retried",
+                                                   "held"))
+        log.log(logging.INFO if busy else logging.DEBUG, "delivery round",
+                extra={"owner": self.owner, **counts})
 
     def split_exhausted(self, outcomes: Outcomes, now: float
                         ) -> tuple[list[Failure], list[Failure], list[Failure]]:

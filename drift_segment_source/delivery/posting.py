@@ -140,6 +140,9 @@ class Poster:
         the messages at fault. The indexes that failed, with why."""
         assert destination.write_key is not None
         write_key, host = destination.write_key, destination.host
+        # The posts that open a circuit are warnings; a failed probe of one already open is
+        # not news (the surfaces show the open circuit), and comes every few seconds.
+        level = logging.DEBUG if self.breakers.is_open(breaker_of(destination)) else logging.WARNING
         try:
             # A wall-clock limit on the whole post: requests' timeout bounds each read, and
             # an answer can trickle in a byte at a time.
@@ -147,7 +150,7 @@ class Poster:
                 write_key, host, [messages[i] for i in batch]))
         except TookTooLong as error:
             metrics.SEGMENT_BATCHES.labels(status="network").inc()
-            log.warning("segment post failed", extra={
+            log.log(level, "segment post failed", extra={
                 "host": host, "error_kind": "timeout", "status": None, "messages": len(batch)})
             return [(index, SegmentError(None, str(error), timed_out=True, kind="timeout"))
                     for index in batch]
@@ -155,7 +158,7 @@ class Poster:
             metrics.SEGMENT_BATCHES.labels(status=str(error.status or "network")).inc()
             if error.status in (400, 413) and len(batch) > 1:
                 return self.split(destination, messages, batch, deadlines, error)
-            log.warning("segment post failed", extra={
+            log.log(level, "segment post failed", extra={
                 "host": host, "error_kind": error.kind, "status": error.status,
                 "error": error.message[:200], "messages": len(batch)})
             return [(index, error) for index in batch]

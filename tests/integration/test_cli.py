@@ -133,4 +133,5 @@ def test_doctor_checks_drift_token_and_segment_key(env: str, make_app: AppFactor
         drift.get("https://drift.test/conversations/list", status=403)
         code, output = run("doctor")
     assert code == 1
-    assert "token lacks conversation_read" in output and "FAIL  Segment: Segment 401" in output
+    assert "token lacks conversation_read" in output
+    assert f"FAIL  Segment: {segment.url}: Segment 401" in output

@@ -185,6 +185,34 @@ def test_a_second_shell_uses_the_same_settings_through_scripts_cli(
     assert "store.sqlite3" in shown.stdout  # where the data lives (a path is no secret)
 
 
+def test_a_start_that_fails_leaves_the_running_services_settings_alone(
+        project: Path, tmp_path: Path, runs: list[Run]) -> None:
+    port = free_port()
+    first = start(runs, project, environment(tmp_path, PORT=str(port)), tmp_path / "1.log")
+    first.wait_ready()
+    before = (project / "instance" / "local.env").read_text()
+    failed = subprocess.run(
+        [str(project / "scripts" / "run")], capture_output=True, text=True,
+        timeout=START_SECONDS, env=environment(tmp_path, PORT=str(free_port()),
+                                               DATABASE_URL="notadb://nowhere"))
+    assert failed.returncode != 0
+    assert failed.stderr.strip().splitlines()[-1].startswith(
+        "Error: DATABASE_URL names a database this service does not run on")
+    assert (project / "instance" / "local.env").read_text() == before  # scripts/cli still works
+
+
+def test_scripts_cli_uses_the_instance_folder_scripts_run_was_given(
+        project: Path, tmp_path: Path, runs: list[Run]) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    run = start(runs, project, environment(tmp_path, PORT=str(free_port()), DATABASE_URL="",
+                                           INSTANCE_PATH=str(elsewhere)), tmp_path / "run.log")
+    run.wait_ready()
+    shown = subprocess.run([str(project / "scripts" / "cli"), "config"],
+                           env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+                           capture_output=True, text=True, timeout=60)
+    assert f"data: SQLite file {elsewhere / 'drift-segment-source.sqlite3'}" in shown.stdout
+
+
 def test_a_later_run_keeps_the_token_and_does_not_print_it_again(
         project: Path, tmp_path: Path, runs: list[Run]) -> None:
     port = free_port()

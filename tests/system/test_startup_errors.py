@@ -109,10 +109,15 @@ def test_app_mode_without_secret_key_says_how_to_make_one(tmp_path: Path) -> Non
     assert "secrets.token_urlsafe(32)" in line
 
 
-def test_a_setting_of_the_wrong_kind_names_itself(tmp_path: Path) -> None:
-    line = one_line(run("doctor", tmp_path, DELIVERY_BATCH_SIZE="lots"))
-    assert line.startswith("Error: DELIVERY_BATCH_SIZE='lots' is not a whole number: fix or "
-                           "unset it")
+@pytest.mark.parametrize("command, setting, value", [
+    ("doctor", "DELIVERY_BATCH_SIZE", "lots"),
+    ("serve", "PORT", "abc"),  # read by the gunicorn settings as well as by the app
+    ("serve", "WEB_CONCURRENCY", "two"),
+])
+def test_a_setting_of_the_wrong_kind_names_itself(tmp_path: Path, command: str, setting: str,
+                                                  value: str) -> None:
+    line = one_line(run(command, tmp_path, **{setting: value}))
+    assert line.startswith(f"Error: {setting}={value!r} is not a whole number: fix or unset it")
 
 
 def test_the_default_store_lives_in_the_current_directory_and_is_printed(

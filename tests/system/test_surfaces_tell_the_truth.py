@@ -19,6 +19,8 @@ from ..support.service import Service
 from ..support.webhooks import TOKEN, WRITE_KEY, distinct_webhooks, webhook
 from .surfaces import ADMIN, doctor, landing, readyz, status_json, wait_for
 
+FAILURES_TO_OPEN = 3  # a circuit opens after 3 failed posts in a row (docs/reliability.md)
+
 SHARED_SECRET = "segment-shared-secret-0123456789"
 
 
@@ -153,14 +155,23 @@ def test_a_segment_host_refusing_connections_then_fixed(
 
     code, ready = readyz(service)
     assert (code, ready["warnings"]) == (200, [warning])
-    assert ready["checks"]["circuits"] == {"ok": True, "open": 1, "segment": 1, "drift_api": 0}
+    assert ready["checks"]["circuits"] == {"ok": False, "open": 1, "segment": 1, "drift_api": 0}
     status = status_json(service)
     [circuit] = status["open_circuits"]
     assert (circuit["kind"], circuit["host"]) == ("segment", dead_host)
     code, output = doctor(env)
     assert code == 1
     assert f"WARN  {warning[:60]}" in output
-    assert "FAIL  Segment" in output
+    assert f"FAIL  Segment: {dead_host}: Segment network error" in output
+    # The failed posts are logged with the host and the kind of error; the probes that
+    # follow every few seconds are not (the open circuit is on every surface instead).
+    logged = [json.loads(line) for line in service.log_path.read_text().splitlines()
+              if line.startswith("{")]
+    failed_posts = [line for line in logged if line["message"] == "segment post failed"]
+    assert failed_posts and all(
+        (line["level"], line["host"], line["error_kind"]) == ("WARNING", dead_host, "refused")
+        for line in failed_posts)
+    assert len(failed_posts) <= FAILURES_TO_OPEN
     service.stop(timeout=30)
 
     # The operator fixes SEGMENT_HOST and restarts: the backlog goes, the old host is forgotten.
