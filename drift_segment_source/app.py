@@ -22,7 +22,7 @@ from .delivery.settings import DeliverySettings, RetentionSettings
 from .delivery.stitching import Stitching
 from .destinations.segment import Transport, make_transport
 from .drift_api import DriftApi
-from .routing import NO_DRIFT_TOKEN, SelfHostedRouting
+from .routing import NO_DRIFT_TOKEN, NO_WRITE_KEY, SelfHostedRouting
 from .store.database_clock import DatabaseClock
 from .store.db import default_database_url, make_engine
 from .store.faults import make_store
@@ -82,6 +82,8 @@ def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock =
     else:
         app.extensions["routing"] = SelfHostedRouting(settings)
     app.extensions["delivery_wakeup"] = threading.Event()
+    # What was stored before this start: held, not dry-run, if the write key is gone now.
+    app.extensions["stored_before_start"] = store.newest_row_id()
 
     from . import client_script, health, landing, status
     from .app_mode import oauth, write_key
@@ -145,11 +147,15 @@ def make_delivery(app: Flask) -> Delivery:
         stitching=Stitching.from_settings(settings),
         clock=app.extensions["clock"],
         wakeup=app.extensions["delivery_wakeup"],
+        stored_before_start=app.extensions["stored_before_start"],
     )
     forget_stale_circuits(app)
     if settings.get("DRIFT_ACCESS_TOKEN"):
         # Rows held for want of a Drift token can go now that there is one.
         store.release_held(NO_DRIFT_TOKEN)
+    if settings.get("SEGMENT_WRITE_KEY") and not config.app_mode(settings):
+        # Rows a start without a write key held can go now (app mode releases per org).
+        store.release_held(NO_WRITE_KEY)
     if isinstance(delivery.routing, AppRouting):
         # A webhook that raced an org's write-key save may have been held after the release.
         delivery.routing.release_ready()

@@ -241,8 +241,11 @@ class Destinations:
                 org_id = int(key.removeprefix("drift:"))
             except ValueError:
                 return None
-            if isinstance(self.routing, AppRouting) and org_id not in self.installed_orgs():
-                return None
+            if isinstance(self.routing, AppRouting):
+                if org_id not in self.installed_orgs():
+                    return None
+            elif not self.settings.get("DRIFT_ACCESS_TOKEN"):
+                return None  # no token: the Drift API is not called at all
             return "drift_api", shown_host(drift_api), org_id
         host = self.segment_hosts().get(key)
         return None if host is None else ("segment", shown_host(host), None)

@@ -24,19 +24,33 @@ FAILURES_TO_OPEN = 3
 # How long an open breaker waits before letting one probe through (and again after each
 # failed probe): short, because a probe costs one batch and recovery should show at once.
 PROBE_SECONDS = 2.0
+# The longest circuit key: what the store keeps of it (Store.set_breaker).
+KEY_LENGTH = 55
 # A probe a host does not answer holds its round for the whole timeout, and the rows of
 # every other destination claimed after it wait for the next round: each probe that hangs
 # again doubles the wait before the next, up to this.
 HUNG_PROBE_MAX_SECONDS = 60.0
+# How long rows wait behind an open circuit, but one per round, which waits for the next probe
+# and becomes it. Recovery makes every row behind the destination due at once, so the others
+# need not come back every probe interval: a backlog of 100,000 rows claimed, translated and
+# parked again every 2 s kept a core busy and delayed every other destination's rows.
+PARK_SECONDS = HUNG_PROBE_MAX_SECONDS
 # One probe at a time, even one that outlasts PROBE_SECONDS; a probe that never reported
 # (its row went back untried) stops counting as in flight after this.
 PROBE_FLIGHT_LIMIT_SECONDS = 120.0
 
 
 def segment_key(host: str, write_key: str) -> str:
-    """The breaker of one Segment source (the write key only as a short hash)."""
+    """The breaker of one Segment source (the write key only as a short hash), at most
+    KEY_LENGTH characters: a long host (a proxy with a path) keeps its start and a hash of
+    the whole, so two sources behind one long host never share a circuit."""
     digest = hashlib.sha256(write_key.encode()).hexdigest()[:12]
-    return f"segment:{host}:{digest}"
+    key = f"segment:{host}:{digest}"
+    if len(key) <= KEY_LENGTH:
+        return key
+    host_digest = hashlib.sha256(host.encode()).hexdigest()[:8]
+    keep = KEY_LENGTH - len(f"segment:~{host_digest}:{digest}")
+    return f"segment:{host[:keep]}~{host_digest}:{digest}"
 
 
 def drift_key(org_id: int) -> str:
@@ -121,6 +135,12 @@ class Breakers:
             if breaker.probing_since is not None:
                 wait = max(wait, PROBE_SECONDS)
             return max(0.0, wait)
+
+    def park_seconds(self, key: str, keep_for_probe: bool) -> float:
+        """How long a row waits behind the destination's open circuit: until the next probe
+        for the one kept for it, at least PARK_SECONDS for the others."""
+        wait = self.probe_in(key)
+        return wait if keep_for_probe else max(wait, PARK_SECONDS)
 
     def succeeded(self, key: str) -> None:
         """The destination answered: close its breaker, and remember its parked rows."""

@@ -29,7 +29,7 @@ from drift_segment_source.clock import SYSTEM_CLOCK, Clock
 from drift_segment_source.destinations.drift import DriftWrites
 from drift_segment_source.destinations.segment import MessageBuilder, Transport
 from drift_segment_source.drift_api import DriftApi
-from drift_segment_source.routing import Destination, Routing
+from drift_segment_source.routing import NO_WRITE_KEY, Destination, Held, Routing
 from drift_segment_source.sources.segment.translators import (
     EVENT_TYPE_PREFIX as SEGMENT_EVENT_PREFIX,
 )
@@ -70,8 +70,12 @@ class Delivery:
     def __init__(self, settings: DeliverySettings, retention: RetentionSettings, store: Store,
                  routing: Routing, transport: Transport, drift_api: DriftApi,
                  stitching: Stitching | None = None, clock: Clock = SYSTEM_CLOCK,
-                 owner: str | None = None, wakeup: threading.Event | None = None) -> None:
+                 owner: str | None = None, wakeup: threading.Event | None = None,
+                 stored_before_start: int = 0) -> None:
         self.settings = settings
+        # Rows up to this id were stored before this process started, maybe while a write key
+        # was set: without one they are held for it, never finished as a dry run.
+        self.stored_before_start = stored_before_start
         self.store = store
         self.routing = routing
         self.clock = clock
@@ -238,15 +242,15 @@ class Delivery:
         waited: list[Future[None]] = []
         for destination, rows in by_destination.items():
             if destination.dry_run:
-                self.log_dry_run(rows)
-                outcomes.dry_run.extend(prepared.row.id for prepared in rows)
+                self.dry_run(rows, outcomes)
                 continue
             breaker = breaker_of(destination)
             if self.breakers.is_open(breaker) and not self.breakers.probe_due(breaker):
                 # Its circuit is open and no probe is due: the rows wait, spending no attempt.
-                for prepared in rows:
+                for index, prepared in enumerate(rows):
                     outcomes.file(prepared.row.id, Parked(
-                        segment_parked(destination), breaker, self.breakers.probe_in(breaker)))
+                        segment_parked(destination), breaker,
+                        self.breakers.park_seconds(breaker, keep_for_probe=index == 0)))
                 continue
             if self.lanes.busy(destination):
                 # Its lane still posts earlier rows: these go back for a moment, so a slow
@@ -292,6 +296,18 @@ class Delivery:
                 self._links_in_flight -= keys
 
         job.add_done_callback(recorded)
+
+    def dry_run(self, rows: list[Prepared], outcomes: Outcomes) -> None:
+        """Log the rows this process took in as a dry run; hold older ones for a write key
+        (a restart without SEGMENT_WRITE_KEY must not finish a backlog taken in with one)."""
+        earlier = [prepared for prepared in rows
+                   if prepared.row.id <= self.stored_before_start]
+        for prepared in earlier:
+            outcomes.file(prepared.row.id, Held(
+                NO_WRITE_KEY, "stored before this start, and SEGMENT_WRITE_KEY is unset now"))
+        taken_now = [prepared for prepared in rows if prepared.row.id > self.stored_before_start]
+        self.log_dry_run(taken_now)
+        outcomes.dry_run.extend(prepared.row.id for prepared in taken_now)
 
     def log_dry_run(self, rows: list[Prepared]) -> None:
         """Dry-run: show each message that would have been sent."""

@@ -111,8 +111,10 @@ class Poster:
                 parked.add(position)
                 refusal = None
             if position in parked and refusal is None:
-                outcomes.parked.append(Failure(prepared.row.id, segment_parked(destination),
-                                               self.breakers.probe_in(breaker), breaker))
+                keep_for_probe = not outcomes.parked
+                outcomes.parked.append(Failure(
+                    prepared.row.id, segment_parked(destination),
+                    self.breakers.park_seconds(breaker, keep_for_probe), breaker))
             elif isinstance(refusal, NotTried) or (refusal is None and position in not_tried):
                 outcomes.deferred.append(Failure(prepared.row.id, "round ended before posting"))
             elif refusal is not None:

@@ -122,6 +122,27 @@ def test_a_circuit_of_a_host_no_longer_configured_is_hidden_then_forgotten(
 
 
 
+def test_a_drift_api_circuit_is_forgotten_once_no_drift_token_is_set(
+        make_app: AppFactory) -> None:
+    app = make_app()
+    app.extensions["store"].set_breaker(drift_key(5000883), time.time() - 10)
+    restarted = make_app(DRIFT_ACCESS_TOKEN="")  # the Drift API is not called any more
+    assert attention_of(restarted).circuits == ()
+    make_delivery(restarted)
+    assert restarted.extensions["store"].open_breakers() == {}
+
+
+def test_two_sources_behind_one_long_host_keep_circuits_of_their_own(
+        make_app: AppFactory) -> None:
+    long_host = "https://segment-proxy.internal.example.com/tenants/eu-west-1/api"
+    app = make_app(SEGMENT_HOST=long_host)
+    store = app.extensions["store"]
+    store.set_breaker(segment_key(long_host, WRITE_KEY), time.time() - 20)
+    store.set_breaker(segment_key(long_host, "another-write-key"), None)  # the other recovers
+    assert [(circuit.kind, circuit.host) for circuit in attention_of(app).circuits] == [
+        ("segment", "https://segment-proxy.internal.example.com")]
+
+
 def test_app_mode_shows_the_circuits_of_installed_orgs_never_their_ids_publicly(
         app_mode: Callable[..., Flask], drift: FakeDrift, segment: FakeSegment) -> None:
     app = app_mode(ADMIN_TOKEN="admin-token-123456")

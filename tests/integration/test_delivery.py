@@ -93,6 +93,34 @@ def test_dry_run_logs_messages_and_sends_nothing(make_app: AppFactory, segment: 
     assert logged[0].segment_message["event"] == "Drift Source Event: new_conversation"
 
 
+def test_a_restart_without_the_write_key_holds_the_backlog_taken_in_with_it(
+        make_app: AppFactory, segment: FakeSegment, clock: FakeClock) -> None:
+    first = make_app(SEGMENT_HOST=segment.url, CLOCK=clock)
+    for body in conversations(3):
+        post(first, body)
+    segment.fail_always(503)
+    make_delivery(first).run_round()
+    assert states(first) == {"pending": 3}
+    url = first.extensions["store"].engine.url.render_as_string(hide_password=False)
+    # The operator restarts without SEGMENT_WRITE_KEY: what came in with it is held for it.
+    keyless = make_app(SEGMENT_WRITE_KEY="", SEGMENT_HOST=segment.url, CLOCK=clock,
+                       DATABASE_URL=url)
+    post(keyless, conversations(1, start=10)[0])
+    clock.advance(60)
+    make_delivery(keyless).run_round()
+    assert states(keyless) == {"held": 3, "dry_run": 1}
+    assert keyless.extensions["store"].held_by_reason() == {"no_write_key": 3}
+    readiness = keyless.test_client().get("/readyz").get_json()
+    assert any("no_write_key" in warning and "SEGMENT_WRITE_KEY" in warning
+               for warning in readiness["warnings"])
+    # With the key back, they are delivered, each once.
+    segment.recover()
+    keyed = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, DATABASE_URL=url)
+    make_delivery(keyed).run_round()
+    assert states(keyed) == {"delivered": 3, "dry_run": 1}
+    assert len(segment.message_id_counts()) == 3
+
+
 def test_dry_run_is_announced_loudly_at_start(make_app: AppFactory,
                                               capfd: pytest.CaptureFixture[str]) -> None:
     app = make_app(SEGMENT_WRITE_KEY="")
