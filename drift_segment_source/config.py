@@ -250,6 +250,15 @@ def instance_path(settings: Mapping[str, Any]) -> str:
     virtualenv, where nobody looks for (or backs up) a database.
     """
     return os.path.abspath(settings.get("INSTANCE_PATH") or "instance")
+
+
+def bind_addresses(settings: Mapping[str, Any]) -> list[str]:
+    """The ``host:port`` addresses ``serve`` binds: BIND_HOST and PORT (an IPv6 host in
+    brackets), as gunicorn takes them."""
+    host, port = settings["BIND_HOST"], settings["PORT"]
+    return [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+
+
 def public_token_problem(settings: Mapping[str, Any]) -> str | None:
     """Why the settings pair a public verification token with real delivery, if they do."""
     public = sorted(set(settings.get("DRIFT_VERIFICATION_TOKEN") or ()) & PUBLIC_TOKENS)

@@ -27,16 +27,14 @@ from typing import Any
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from .config import load_settings
+from .config import bind_addresses, load_settings
 
 _settings = load_settings()
 log = logging.getLogger("drift_segment_source.gunicorn")
 
 # Heroku gives the port in $PORT; bind every interface (BIND_HOST's default) so the router
 # can reach the dyno. scripts/run sets BIND_HOST=127.0.0.1: a laptop's service is its own.
-_address: str = _settings["BIND_HOST"]
-bind = [f"[{_address}]:{_settings['PORT']}" if ":" in _address
-        else f"{_address}:{_settings['PORT']}"]
+bind = bind_addresses(_settings)
 
 # Heroku's convention for the number of processes; 2 suits a 512 MB dyno.
 workers = _settings["WEB_CONCURRENCY"]

@@ -1,7 +1,9 @@
 """``scripts/run`` is safe by default: it binds 127.0.0.1, makes a random verification token
 when none is set (printed once, kept in ``instance/local.env`` for ``scripts/cli`` and a
 second shell), and the service refuses to pair a write key with the public token
-``local-dev-token``.
+``local-dev-token``. ``local.env`` (in ``$INSTANCE_PATH`` when that is set) is replaced only
+once every start-up check passed, the port included, and ``scripts/cli`` reads it as a shell
+does.
 
 The real scripts run here, bounded in time, in a scratch copy of the project's layout (their
 own ``instance/`` folder; the ``.venv`` is this one, so nothing is installed); every request
@@ -128,9 +130,11 @@ def post(port: int, token: str, host: str = "127.0.0.1") -> requests.Response:
                                   "X-Verification-Token": token}, timeout=30)
 
 
-def local_env(project: Path) -> dict[str, str]:
-    """instance/local.env as a second shell reads it."""
-    read = subprocess.run(["bash", "-c", "set -a; . instance/local.env; set +a; env"],
+def local_env(project: Path, instance: Path | None = None) -> dict[str, str]:
+    """local.env (in the project's instance/ unless ``instance`` is given) as a second shell
+    reads it."""
+    path = (instance or project / "instance") / "local.env"
+    read = subprocess.run(["bash", "-c", 'set -a; . "$1"; set +a; env', "-", str(path)],
                           cwd=project, env={"PATH": os.environ["PATH"]}, capture_output=True,
                           text=True, timeout=30, check=True)
     return dict(line.split("=", 1) for line in read.stdout.splitlines() if "=" in line)
@@ -201,16 +205,72 @@ def test_a_start_that_fails_leaves_the_running_services_settings_alone(
     assert (project / "instance" / "local.env").read_text() == before  # scripts/cli still works
 
 
-def test_scripts_cli_uses_the_instance_folder_scripts_run_was_given(
+def test_a_second_run_on_a_busy_port_leaves_the_running_services_settings_alone(
+        project: Path, tmp_path: Path, runs: list[Run]) -> None:
+    port = free_port()
+    first = start(runs, project, environment(tmp_path, PORT=str(port)), tmp_path / "1.log")
+    first.wait_ready()
+    before = (project / "instance" / "local.env").read_text()
+    second = subprocess.run(
+        [str(project / "scripts" / "run")], capture_output=True, text=True,
+        timeout=START_SECONDS, env=environment(
+            tmp_path, PORT=str(port), SEGMENT_WRITE_KEY=REAL_LOOKING_KEY,
+            DRIFT_VERIFICATION_TOKEN="second-run-token-0123456789"))
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines()[-1].startswith(f"Error: PORT {port} is in use")
+    assert (project / "instance" / "local.env").read_text() == before
+    # So a second shell still speaks to the running service with its own settings.
+    second_shell = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    replayed = subprocess.run(
+        [str(project / "scripts" / "cli"), "replay", str(WEBHOOK), "--url",
+         f"http://127.0.0.1:{port}/webhooks/drift"],
+        env=second_shell, capture_output=True, text=True, timeout=60)
+    assert replayed.returncode == 0, replayed.stderr
+    assert json.loads(replayed.stdout.strip().splitlines()[-1]) == {"accepted": 1}
+    shown = subprocess.run([str(project / "scripts" / "cli"), "config"], env=second_shell,
+                           capture_output=True, text=True, timeout=60)
+    assert "DRY-RUN" in shown.stdout
+
+
+def test_with_instance_path_set_local_env_is_written_and_read_in_that_folder(
         project: Path, tmp_path: Path, runs: list[Run]) -> None:
     elsewhere = tmp_path / "elsewhere"
-    run = start(runs, project, environment(tmp_path, PORT=str(free_port()), DATABASE_URL="",
+    port = free_port()
+    run = start(runs, project, environment(tmp_path, PORT=str(port), DATABASE_URL="",
                                            INSTANCE_PATH=str(elsewhere)), tmp_path / "run.log")
     run.wait_ready()
+    token = local_env(project, elsewhere)["DRIFT_VERIFICATION_TOKEN"]
+    assert str(elsewhere / "local.env") in run.output()
+    assert oct((elsewhere / "local.env").stat().st_mode & 0o777) == "0o600"
+    assert not (project / "instance" / "local.env").exists()  # the default run's is its own
+    second_shell = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+                    "INSTANCE_PATH": str(elsewhere)}
+    shown = subprocess.run([str(project / "scripts" / "cli"), "config"], env=second_shell,
+                           capture_output=True, text=True, timeout=60)
+    assert f"data: SQLite file {elsewhere / 'drift-segment-source.sqlite3'}" in shown.stdout
+    replayed = subprocess.run(
+        [str(project / "scripts" / "cli"), "replay", str(WEBHOOK), "--url",
+         f"http://127.0.0.1:{port}/webhooks/drift"],
+        env=second_shell, capture_output=True, text=True, timeout=60)
+    assert replayed.returncode == 0, replayed.stderr  # the token, read from elsewhere
+    assert json.loads(replayed.stdout.strip().splitlines()[-1]) == {"accepted": 1}
+    assert post(port, token).json()["status"] == "duplicate"
+
+
+def test_a_value_with_quotes_reaches_scripts_cli_as_scripts_run_started_with_it(
+        project: Path, tmp_path: Path, runs: list[Run]) -> None:
+    folder = tmp_path / "o'brien \"x\" $HOME"
+    folder.mkdir()
+    database = folder / "store.sqlite3"
+    run = start(runs, project, environment(tmp_path, PORT=str(free_port()),
+                                           DATABASE_URL=f"sqlite:///{database}"),
+                tmp_path / "run.log")
+    run.wait_ready()
+    assert database.exists()
     shown = subprocess.run([str(project / "scripts" / "cli"), "config"],
                            env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
                            capture_output=True, text=True, timeout=60)
-    assert f"data: SQLite file {elsewhere / 'drift-segment-source.sqlite3'}" in shown.stdout
+    assert f"data: SQLite file {database} (DATABASE_URL)" in shown.stdout
 
 
 def test_a_later_run_keeps_the_token_and_does_not_print_it_again(
