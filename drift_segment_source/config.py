@@ -6,6 +6,7 @@ tests). ``drift-segment-source config`` prints this table with secrets masked.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,7 +22,10 @@ def _integer(raw: str) -> int:
 
 
 def _number(raw: str) -> float:
-    return float(raw.strip())
+    value = float(raw.strip())
+    if not math.isfinite(value):  # nan, inf: no wait, count or age is either
+        raise ValueError(f"expected a finite number, got {raw!r}")
+    return value
 
 
 def _flag(raw: str) -> bool:
@@ -42,6 +46,50 @@ PARSED_AS: dict[Callable[[str], Any], str] = {
     _flag: "true or false", _token_list: "a comma-separated list"}
 
 
+def _shown(number: float) -> str:
+    """A number as a user would write it: 8000, not 8000.0."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting may take: ``low`` (excluded when ``above``) up to ``high``
+    (included). Every numeric setting has some: a count of 0, a timeout of 0 or a port past
+    65535 gives a service that starts and does nothing, or never starts at all."""
+
+    low: float
+    high: float | None = None
+    above: bool = False
+
+    def allows(self, value: float) -> bool:
+        """Whether ``value`` is within the bounds."""
+        if not math.isfinite(value) or value < self.low or (self.above and value == self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        low, high = _shown(self.low), None if self.high is None else _shown(self.high)
+        if self.above:
+            return f"above {low}" + (f", at most {high}" if high else "")
+        return f"from {low} to {high}" if high else f"{low} or more"
+
+
+def at_least(low: float, high: float | None = None) -> Bounds:
+    """``low`` to ``high`` (or no end), both included."""
+    return Bounds(low, high)
+
+
+def above(low: float, high: float | None = None) -> Bounds:
+    """Over ``low`` (a timeout or an interval of 0 is none), up to ``high`` included."""
+    return Bounds(low, high, above=True)
+
+
+# The longest wait PostgreSQL and SQLite take, in whole milliseconds that fit in 32 bits
+# (about 24.8 days): past it PostgreSQL refuses the connection's options, and SQLite's busy
+# timeout overflows.
+LONGEST_DATABASE_WAIT_SECONDS = 2_147_483
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment variable: how to read it and what it means."""
@@ -52,6 +100,8 @@ class Setting:
     parse: Callable[[str], Any] = _text
     secret: bool = False
     required_in: str | None = None
+    # Numeric settings only: the values the service can work with (checked at start-up).
+    bounds: Bounds | None = None
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -73,11 +123,12 @@ SETTINGS: tuple[Setting, ...] = (
             "A Segment batch signed over its first element only (Actions batching) is "
             "accepted when that element's receivedAt (else sentAt) is at most this old, so a "
             "captured signed message cannot authenticate forged elements later.",
-            parse=_number),
+            parse=_number, bounds=above(0)),
     Setting("SEGMENT_UNKNOWN_USER_RETRY_MINUTES", 60.0,
             "How long a Segment event for a user Drift does not know yet is retried (its "
-            "identify may be on the way), counted from receipt, before it is dead-lettered.",
-            parse=_number),
+            "identify may be on the way), counted from receipt, before it is dead-lettered "
+            "(0: at its first answer).",
+            parse=_number, bounds=at_least(0)),
     Setting("DRIFT_ACCESS_TOKEN", None,
             "Bearer token for the Drift API, used to look up conversations.", secret=True),
     Setting("DRIFT_API_URL", "https://driftapi.com", "Drift API base URL."),
@@ -97,7 +148,7 @@ SETTINGS: tuple[Setting, ...] = (
             "The service's public base URL, for the OAuth redirect; derived from the request."),
     Setting("TRUSTED_PROXIES", 1,
             "Proxies in front (Heroku's router: 1) whose X-Forwarded-Proto/Host/For are "
-            "trusted; 0 when clients reach gunicorn directly.", parse=_integer),
+            "trusted; 0 when clients reach gunicorn directly.", parse=_integer, bounds=at_least(0)),
     Setting("DATABASE_URL", None,
             "sqlite:///path or postgres://...; unset means a SQLite file in INSTANCE_PATH.",
             secret=True),
@@ -106,14 +157,15 @@ SETTINGS: tuple[Setting, ...] = (
             "directory (`config` and `doctor` print where it is)."),
     Setting("DATABASE_CONNECT_TIMEOUT_SECONDS", 5.0,
             "PostgreSQL: how long connecting may take (libpq counts whole seconds, at least "
-            "2).", parse=_number),
+            "2).", parse=_number, bounds=above(0, LONGEST_DATABASE_WAIT_SECONDS)),
     Setting("DATABASE_STATEMENT_TIMEOUT_SECONDS", 30.0,
             "PostgreSQL: longest a statement may run before it is cancelled (0: no limit, "
-            "e.g. for a long migration).", parse=_number),
+            "e.g. for a long migration).",
+            parse=_number, bounds=at_least(0, LONGEST_DATABASE_WAIT_SECONDS)),
     Setting("DATABASE_LOCK_TIMEOUT_SECONDS", 5.0,
             "SQLite: longest a write waits for another writer (another process's commit, a "
             "stopped worker) before giving up; a webhook then gets 503 store_unavailable.",
-            parse=_number),
+            parse=_number, bounds=above(0, LONGEST_DATABASE_WAIT_SECONDS)),
     Setting("SECRET_KEY", None,
             "Signs sessions and OAuth state, encrypts secrets at rest.", secret=True,
             required_in="app mode"),
@@ -122,59 +174,65 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BIND_HOST", "0.0.0.0",
             "Address `serve` binds: every interface by default (Heroku's router needs it); "
             "scripts/run binds 127.0.0.1 unless this is set."),
-    Setting("PORT", 8000, "Port `serve` binds.", parse=_integer),
-    Setting("WEB_CONCURRENCY", 2, "gunicorn worker processes.", parse=_integer),
-    Setting("WEB_THREADS", 4, "Threads per gunicorn worker (gthread).", parse=_integer),
+    Setting("PORT", 8000, "Port `serve` binds.", parse=_integer, bounds=at_least(1, 65535)),
+    Setting("WEB_CONCURRENCY", 2, "gunicorn worker processes.", parse=_integer, bounds=at_least(1)),
+    Setting("WEB_THREADS", 4, "Threads per gunicorn worker (gthread).",
+            parse=_integer, bounds=at_least(1)),
     Setting("MAX_BODY_BYTES", 1024 * 1024, "Largest webhook body accepted (413 above).",
-            parse=_integer),
+            parse=_integer, bounds=at_least(1)),
     Setting("REQUEST_READ_TIMEOUT_SECONDS", 5.0,
             "Longest a client may take to send a request, head and body (serve); a slower "
             "one is cut off (a webhook body with 408), so slow clients cannot hold threads.",
-            parse=_number),
+            parse=_number, bounds=above(0)),
     Setting("DELIVERY_IN_WEB", True,
             "Run the delivery loop inside the web workers (off when a `worker` process runs it).",
             parse=_flag),
-    Setting("DELIVERY_BATCH_SIZE", 500, "Webhooks claimed per delivery round.", parse=_integer),
-    Setting("DELIVERY_POLL_SECONDS", 0.5, "Idle wait between delivery rounds.", parse=_number),
+    Setting("DELIVERY_BATCH_SIZE", 500, "Webhooks claimed per delivery round.",
+            parse=_integer, bounds=at_least(1)),
+    Setting("DELIVERY_POLL_SECONDS", 0.5, "Idle wait between delivery rounds.",
+            parse=_number, bounds=above(0)),
     Setting("DELIVERY_LEASE_SECONDS", 60.0,
             "How long a claim lasts; a crashed worker's rows are retried after it.",
-            parse=_number),
+            parse=_number, bounds=at_least(1)),
     Setting("DELIVERY_MAX_ATTEMPTS", 300,
             "Attempts before a row is dead-lettered (with the defaults, the age limit "
             "comes first).",
-            parse=_integer),
+            parse=_integer, bounds=at_least(1)),
     Setting("DELIVERY_MAX_AGE_HOURS", 72.0, "Age after which an undelivered row is dead-lettered.",
-            parse=_number),
+            parse=_number, bounds=above(0)),
     Setting("DELIVERY_BACKOFF_SECONDS", 2.0, "First retry delay; doubles per attempt, jittered.",
-            parse=_number),
-    Setting("DELIVERY_BACKOFF_MAX_SECONDS", 900.0, "Ceiling of the retry delay.", parse=_number),
+            parse=_number, bounds=above(0)),
+    Setting("DELIVERY_BACKOFF_MAX_SECONDS", 900.0, "Ceiling of the retry delay.",
+            parse=_number, bounds=above(0)),
     Setting("SEGMENT_TIMEOUT_SECONDS", 15.0, "Timeout of one batch post to Segment.",
-            parse=_number),
-    Setting("DRIFT_TIMEOUT_SECONDS", 10.0, "Timeout of one Drift API call.", parse=_number),
+            parse=_number, bounds=above(0)),
+    Setting("DRIFT_TIMEOUT_SECONDS", 10.0, "Timeout of one Drift API call.",
+            parse=_number, bounds=above(0)),
     Setting("DELIVERY_LOOKUP_WAIT_SECONDS", 0.25,
             "How long a delivery round waits for its Drift API lookups before the rows that "
-            "need them go back to wait (other rows never wait on lookups).",
-            parse=_number),
+            "need them go back to wait (other rows never wait on lookups; 0: no round waits).",
+            parse=_number, bounds=at_least(0)),
     Setting("RETENTION_DAYS", 7.0, "Delivered rows are pruned after this many days.",
-            parse=_number),
+            parse=_number, bounds=above(0)),
     Setting("RETENTION_INTERVAL_SECONDS", 600.0,
             "How often retention runs; the first pass waits one interval after start, so a "
             "process started on a wrong clock deletes nothing before it could be set right.",
-            parse=_number),
+            parse=_number, bounds=above(0)),
     Setting("HELD_MAX_AGE_HOURS", 168.0,
             "Held rows (waiting for a write key or Drift token) become dead letters, with the "
-            "reason, after this many hours.", parse=_number),
+            "reason, after this many hours.", parse=_number, bounds=above(0)),
     Setting("DEAD_LETTER_RETENTION_DAYS", 30.0,
-            "Dead letters are deleted this many days after they died.", parse=_number),
+            "Dead letters are deleted this many days after they died.",
+            parse=_number, bounds=above(0)),
     Setting("QUARANTINE_RETENTION_DAYS", 30.0,
             "Quarantined payloads are deleted this many days after they arrived.",
-            parse=_number),
+            parse=_number, bounds=above(0)),
     Setting("METRICS_TOKEN", None,
             "Bearer token that /metrics then requires; unset: /metrics is open.", secret=True),
     Setting("DEDUPE_RETENTION_DAYS", 90.0,
             "Dedupe keys (16 bytes per event) are kept this long; an event older than the "
             "keys kept is refused rather than sent twice.",
-            parse=_number),
+            parse=_number, bounds=above(0)),
     Setting("SEGMENT_TRANSPORT", "http",
             "Segment transport: http, or `failing` to inject faults (tests, drills)."),
     Setting("STORE_FAULT", "",
@@ -209,16 +267,30 @@ def load_settings(
         except ValueError:
             raise ConfigError(f"{setting.name}={raw.strip()!r} is not {PARSED_AS[setting.parse]}: "
                               f"fix or unset it ({setting.doc})") from None
+        check_bounds(setting, values[setting.name], raw.strip())
     for name, value in (overrides or {}).items():
         declared = SETTINGS_BY_NAME.get(name)
         if declared is None:
             # Only declared settings reach the components (a clock or a transport is handed
             # to create_app as such, never through the settings).
             raise ConfigError(f"{name} is not a setting of this service (see `config`)")
+        given = value
         if isinstance(value, str) and declared.parse is not _text:
             value = declared.parse(value)
+        check_bounds(declared, value, given)
         values[name] = value
     return values
+
+
+def check_bounds(setting: Setting, value: Any, given: Any) -> None:
+    """ConfigError, in one line naming the setting, the value, the range and the fix, when a
+    numeric setting's ``value`` (read from ``given``) is out of its bounds."""
+    if (setting.bounds is None or isinstance(value, bool)
+            or not isinstance(value, int | float) or setting.bounds.allows(value)):
+        return
+    raise ConfigError(f"{setting.name}={given!r} is out of range, it must be "
+                      f"{PARSED_AS[setting.parse]}, {setting.bounds}: fix it, or unset it for "
+                      f"the default {_shown(setting.default)} ({setting.doc})")
 
 
 def app_mode(settings: Mapping[str, Any]) -> bool:

@@ -120,6 +120,25 @@ def test_a_setting_of_the_wrong_kind_names_itself(tmp_path: Path, command: str, 
     assert line.startswith(f"Error: {setting}={value!r} is not a whole number: fix or unset it")
 
 
+@pytest.mark.parametrize("setting, value, allowed", [
+    # No worker at all: gunicorn would start none, answer nothing and never exit.
+    ("WEB_CONCURRENCY", "0", "a whole number, 1 or more"),
+    ("WEB_THREADS", "0", "a whole number, 1 or more"),
+    ("PORT", "99999", "a whole number, from 1 to 65535"),
+    # Would take webhooks and deliver none, with /readyz green.
+    ("DELIVERY_BATCH_SIZE", "0", "a whole number, 1 or more"),
+])
+def test_a_setting_out_of_its_range_names_itself_and_the_range(
+        tmp_path: Path, setting: str, value: str, allowed: str) -> None:
+    done = run("serve", tmp_path, **{setting: value})
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert one_line(done).startswith(f"Error: {setting}={value!r} is out of range, it must be "
+                                     f"{allowed}: fix it, or unset it for the default ")
+    assert not (tmp_path / "instance").exists()  # said before anything else was done
+
+
 def test_the_default_store_lives_in_the_current_directory_and_is_printed(
         tmp_path: Path) -> None:
     done = run("migrate", tmp_path)

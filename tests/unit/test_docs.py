@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from drift_segment_source.config import SETTINGS
+from drift_segment_source.config import SETTINGS, Setting
 from drift_segment_source.metrics import PREFIX
 
 from ..support.paths import ROOT
@@ -60,13 +60,19 @@ def shown_default(default: Any) -> str:
     return f"`{default}`"
 
 
+def shown_range(setting: Setting) -> str:
+    """The values a numeric setting may take, as the documentation shows them."""
+    return "" if setting.bounds is None else str(setting.bounds)
+
+
 def settings_table() -> str:
     """The table of every setting, in declaration order, as docs/configuration.md has it."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows = ["| variable | default | range | meaning |", "|---|---|---|---|"]
     for setting in SETTINGS:
         required = f" **Required** ({setting.required_in})." if setting.required_in else ""
         meaning = setting.doc.replace("|", "\\|") + required
-        rows.append(f"| `{setting.name}` | {shown_default(setting.default)} | {meaning} |")
+        rows.append(f"| `{setting.name}` | {shown_default(setting.default)} | "
+                    f"{shown_range(setting)} | {meaning} |")
     return "\n".join(rows) + "\n"
 
 
@@ -75,6 +81,13 @@ def documented_settings() -> dict[str, str]:
     rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", CONFIGURATION.read_text(),
                       re.MULTILINE)
     return {name: default.strip() for name, default in rows}
+
+
+def documented_ranges() -> dict[str, str]:
+    """Variable → range column, from the rows of docs/configuration.md's settings table."""
+    rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| [^|]* \| ([^|]*) \|",
+                      CONFIGURATION.read_text(), re.MULTILINE)
+    return {name: allowed.strip() for name, allowed in rows}
 
 
 # What a benchmark's smoke run writes beside the reports (git-ignored, never shipped).
@@ -121,6 +134,12 @@ def test_configuration_documents_every_setting_with_its_default() -> None:
     declared = {setting.name: shown_default(setting.default) for setting in SETTINGS}
     assert sorted(set(declared) - set(documented)) == []
     assert {name: documented[name] for name in declared} == declared
+
+
+def test_configuration_states_the_range_of_every_numeric_setting() -> None:
+    documented = documented_ranges()
+    declared = {setting.name: shown_range(setting) for setting in SETTINGS}
+    assert {name: documented.get(name) for name in declared} == declared
 
 
 def test_configuration_names_only_variables_that_exist() -> None:
