@@ -2,7 +2,7 @@
 quick start, links between documents land on real headings, and no file cites a document the
 repository does not ship.
 
-``.venv/bin/python -m tests.test_docs`` prints the settings table of docs/configuration.md,
+``.venv/bin/python -m tests.unit.test_docs`` prints the settings table of docs/configuration.md,
 generated from ``drift_segment_source/config.py``.
 """
 
