@@ -121,6 +121,7 @@ class Delivery:
         singleton = self.store.dialect == "sqlite"
         poll = self.settings.poll_seconds
         log.info("delivery loop started", extra={"owner": self.owner, "singleton": singleton})
+        self.call_parked_rows()
         try:
             while not self.stopping.is_set():
                 try:
@@ -173,6 +174,17 @@ class Delivery:
         self.wakeup.set()
 
     # -- one round --------------------------------------------------------------------------
+
+    def call_parked_rows(self) -> None:
+        """Rows an earlier process parked behind a circuit (for up to PARK_SECONDS) are due:
+        this one has seen no circuit open, and the destination may have been fixed."""
+        try:
+            made_due = self.store.make_parked_due()
+        except Exception:  # the loop retries the store every round; nothing is lost here
+            log.exception("could not make parked rows due", extra={"owner": self.owner})
+            return
+        if made_due:
+            log.info("rows parked by an earlier process are due", extra={"count": made_due})
 
     def run_round(self) -> int:
         """Claim due rows, deliver them, record outcomes; the number claimed.

@@ -202,6 +202,18 @@ class Deliveries(StoreBase):
         with self._writing() as connection:
             return connection.execute(statement).rowcount
 
+    def make_parked_due(self) -> int:
+        """Rows parked behind any destination's circuit are due now: a process that starts
+        knows no circuit open (and the destination may be fixed, or another host now)."""
+        statement = (
+            update(webhooks)
+            .where(IS_PENDING, webhooks.c.lease_owner.is_(None),
+                   webhooks.c.wait_reason == "parked")
+            .values(next_attempt_at=self.now())
+        )
+        with self._writing() as connection:
+            return connection.execute(statement).rowcount
+
     def make_due(self, ids: Sequence[int]) -> int:
         """Make waiting rows due now (their Drift API lookup has ended)."""
         statement = (
