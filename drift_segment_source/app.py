@@ -82,8 +82,6 @@ def create_app(config_overrides: dict[str, Any] | None = None, *, clock: Clock =
     else:
         app.extensions["routing"] = SelfHostedRouting(settings)
     app.extensions["delivery_wakeup"] = threading.Event()
-    # What was stored before this start: held, not dry-run, if the write key is gone now.
-    app.extensions["stored_before_start"] = store.newest_row_id()
 
     from . import client_script, health, landing, status
     from .app_mode import oauth, write_key
@@ -147,15 +145,16 @@ def make_delivery(app: Flask) -> Delivery:
         stitching=Stitching.from_settings(settings),
         clock=app.extensions["clock"],
         wakeup=app.extensions["delivery_wakeup"],
-        stored_before_start=app.extensions["stored_before_start"],
     )
     forget_stale_circuits(app)
     if settings.get("DRIFT_ACCESS_TOKEN"):
         # Rows held for want of a Drift token can go now that there is one.
         store.release_held(NO_DRIFT_TOKEN)
     if settings.get("SEGMENT_WRITE_KEY") and not config.app_mode(settings):
-        # Rows a start without a write key held can go now (app mode releases per org).
+        # Rows a process without a write key held can go now, and again now and then while
+        # such a process may still run beside this one (app mode releases per org).
         store.release_held(NO_WRITE_KEY)
+        delivery.housekeeping.release_for_write_key = True
     if isinstance(delivery.routing, AppRouting):
         # A webhook that raced an org's write-key save may have been held after the release.
         delivery.routing.release_ready()

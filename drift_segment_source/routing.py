@@ -63,6 +63,11 @@ class Routing(Protocol):
 
     def readiness(self) -> dict[str, Any]: ...
 
+    @property
+    def dry_run(self) -> bool:
+        """Whether webhooks taken in now are a dry run (no write key: logged, not sent)."""
+        ...
+
 
 class SelfHostedRouting:
     """One Segment source and one Drift token from the environment, for any orgId."""
@@ -75,6 +80,10 @@ class SelfHostedRouting:
 
     def route(self, org_id: int) -> Route:
         return Route()
+
+    @property
+    def dry_run(self) -> bool:
+        return self._destination.dry_run
 
     def destination(self, org_id: int) -> Destination:
         return self._destination

@@ -31,6 +31,9 @@ class AppRouting:
         self.oauth = oauth
         self.grants = grants
 
+    # An org without a write key has its webhooks held, never dry-run.
+    dry_run = False
+
     @classmethod
     def from_settings(cls, settings: dict[str, Any], store: Store) -> AppRouting:
         """App-mode routing over ``store``'s database, with the app's OAuth credentials."""

@@ -67,6 +67,7 @@ class Breaker:
     hung_probes: int = 0  # probes in a row that got no answer within the timeout
     probing_since: float | None = None  # a probe in flight (it may outlast PROBE_SECONDS)
     orgs: set[int] = field(default_factory=set)  # whose rows are parked behind it
+    called_at: float = float("-inf")  # when a success last called the rows parked behind it
 
 
 class Breakers:
@@ -142,18 +143,25 @@ class Breakers:
         wait = self.probe_in(key)
         return wait if keep_for_probe else max(wait, PARK_SECONDS)
 
-    def succeeded(self, key: str) -> None:
-        """The destination answered: close its breaker, and remember its parked rows."""
+    def succeeded(self, key: str, after_parked: bool = False) -> None:
+        """The destination answered: close its breaker, and remember its parked rows.
+        ``after_parked``: the answer was for rows parked behind its circuit, maybe by another
+        loop (which keeps the others parked until a recovery calls them): they are called
+        too, at most once a probe interval."""
         with self._lock:
             breaker = self._breakers.setdefault(key, Breaker())
             breaker.failures = breaker.hung_probes = 0
             breaker.probing_since = None
             if breaker.probe_at is None:
-                if key in self._known:
+                now = self._clock.monotonic()
+                call = after_parked and now - breaker.called_at >= PROBE_SECONDS
+                if key in self._known and not call:
                     return
-                # Once per destination: clear what another loop may have left open, and make
-                # due the rows an earlier process left waiting for it (its circuit's recovery
-                # was never this loop's to see).
+                # Once per destination, and after rows parked by another loop: clear what
+                # that loop may have left open, and make due the rows it left waiting (its
+                # circuit's recovery was never this loop's to see).
+                if call:
+                    breaker.called_at = now
                 self._known.add(key)
                 self._recovered.append((key, set()))
             else:

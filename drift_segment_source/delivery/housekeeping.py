@@ -13,6 +13,7 @@ import logging
 
 from drift_segment_source import metrics
 from drift_segment_source.clock import Clock
+from drift_segment_source.routing import NO_WRITE_KEY
 from drift_segment_source.store.store import Store
 
 from .settings import DeliverySettings, RetentionSettings
@@ -27,6 +28,8 @@ FUTURE_DUE_CHECK_EVERY_SECONDS = 30.0
 # round allocates a few dozen dicts and lists per row, nearly all freed by reference counting,
 # yet the default threshold ran a collection every few rows: 7% of delivery's CPU.
 GC_YOUNG_THRESHOLD = 20_000
+# How often a process with a write key releases rows held for want of one.
+RELEASE_EVERY_SECONDS = 10.0
 # The longest a probe waits (breakers.HUNG_PROBE_MAX_SECONDS) bounds a parked row's wait.
 LONGEST_PROBE_WAIT_SECONDS = 60.0
 
@@ -52,6 +55,9 @@ class Housekeeping:
         # clock is wrong deletes nothing before the clock had time to be set right.
         self._last: dict[str, float] = {"prune": clock.monotonic()}
         self._steps_seen = getattr(clock, "steps_adopted", 0)
+        # Set by a self-hosted process with a write key: rows another process held for want
+        # of one (a restart without it, still running beside this one) are released.
+        self.release_for_write_key = False
 
     def due(self, chore: str, every: float) -> bool:
         """Whether ``chore`` last ran ``every`` seconds ago or more (and mark it run)."""
@@ -71,6 +77,8 @@ class Housekeeping:
             self.prune()
         if self.due("checkpoint", CHECKPOINT_EVERY_SECONDS):
             self.store.checkpoint()
+        if self.release_for_write_key and self.due("release", RELEASE_EVERY_SECONDS):
+            self.release_held_for_write_key()
 
     def follow_clock_steps(self) -> None:
         """When the clock believes a step of the host clock back, rows scheduled before it
@@ -125,6 +133,12 @@ class Housekeeping:
         self.store.analyze()
         if pruned:
             log.info("pruned delivered webhooks", extra={"count": pruned})
+
+    def release_held_for_write_key(self) -> None:
+        """Rows held for a write key are due: this process has one."""
+        released = self.store.release_held(NO_WRITE_KEY)
+        if released:
+            log.info("rows held for a write key are due", extra={"count": released})
 
     def expire_held(self, now: float) -> None:
         """Held rows past HELD_MAX_AGE_HOURS become dead letters with the reason."""

@@ -70,12 +70,8 @@ class Delivery:
     def __init__(self, settings: DeliverySettings, retention: RetentionSettings, store: Store,
                  routing: Routing, transport: Transport, drift_api: DriftApi,
                  stitching: Stitching | None = None, clock: Clock = SYSTEM_CLOCK,
-                 owner: str | None = None, wakeup: threading.Event | None = None,
-                 stored_before_start: int = 0) -> None:
+                 owner: str | None = None, wakeup: threading.Event | None = None) -> None:
         self.settings = settings
-        # Rows up to this id were stored before this process started, maybe while a write key
-        # was set: without one they are held for it, never finished as a dry run.
-        self.stored_before_start = stored_before_start
         self.store = store
         self.routing = routing
         self.clock = clock
@@ -229,10 +225,11 @@ class Delivery:
 
     def make_due_what_waited(self) -> None:
         """Rows sent back to wait for a destination that has recovered are due now."""
-        for destination, _ in self.breakers.recovered():
+        for destination, orgs in self.breakers.recovered():
             made_due = self.store.make_due_behind(destination)
-            log.info("destination recovered", extra={"destination": destination,
-                                                     "made_due": made_due})
+            if made_due or orgs:  # said only when something waited for it
+                log.info("destination recovered", extra={"destination": destination,
+                                                         "made_due": made_due})
 
     def prepare(self, row: StoredWebhook, outcomes: Outcomes, ready: list[Prepared],
                 waiting: list[Waiting], known: Known) -> None:
@@ -310,16 +307,16 @@ class Delivery:
         job.add_done_callback(recorded)
 
     def dry_run(self, rows: list[Prepared], outcomes: Outcomes) -> None:
-        """Log the rows this process took in as a dry run; hold older ones for a write key
-        (a restart without SEGMENT_WRITE_KEY must not finish a backlog taken in with one)."""
-        earlier = [prepared for prepared in rows
-                   if prepared.row.id <= self.stored_before_start]
-        for prepared in earlier:
-            outcomes.file(prepared.row.id, Held(
-                NO_WRITE_KEY, "stored before this start, and SEGMENT_WRITE_KEY is unset now"))
-        taken_now = [prepared for prepared in rows if prepared.row.id > self.stored_before_start]
-        self.log_dry_run(taken_now)
-        outcomes.dry_run.extend(prepared.row.id for prepared in taken_now)
+        """Log the rows taken in as a dry run; hold the others for a write key (taken in
+        with one, they meet a process without it: a restart without SEGMENT_WRITE_KEY, or
+        a second service on the same store)."""
+        for prepared in rows:
+            if not prepared.row.taken_in_dry_run:
+                outcomes.file(prepared.row.id, Held(
+                    NO_WRITE_KEY, "taken in with a write key, and this process has none"))
+        taken_in_dry_run = [prepared for prepared in rows if prepared.row.taken_in_dry_run]
+        self.log_dry_run(taken_in_dry_run)
+        outcomes.dry_run.extend(prepared.row.id for prepared in taken_in_dry_run)
 
     def log_dry_run(self, rows: list[Prepared]) -> None:
         """Dry-run: show each message that would have been sent."""

@@ -92,7 +92,8 @@ class Poster:
                     outage, answered = error, False
                     hung = hung or error.timed_out
             if answered:
-                self.breakers.succeeded(breaker)
+                self.breakers.succeeded(breaker, after_parked=any(
+                    rows[row_of[index]].row.was_parked for index in batch))
             else:
                 self.breakers.failed(breaker, orgs, hung=hung)
         self.file(destination, rows, outcomes, failed, not_tried, parked)

@@ -34,7 +34,7 @@ log = logging.getLogger("drift_segment_source.store")
 
 # Column order of the rows handed to WebhookInserter.
 WEBHOOK_COLUMNS = ("org_id", "event_type", "dedupe_key", "payload", "received_at", "queued_at",
-                   "state", "hold_reason", "attempts", "next_attempt_at")
+                   "state", "hold_reason", "attempts", "next_attempt_at", "taken_in_dry_run")
 # Rows per INSERT statement: well under SQLite's limit of bound variables.
 ROWS_PER_STATEMENT = 500
 # How long a SQLite writer waits for the write lock when the engine does not say (an engine

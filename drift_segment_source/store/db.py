@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
     literal_column,
     text,
 )
@@ -63,6 +65,8 @@ webhooks = Table(
     # destination (circuit key) it waits for. last_error is for people only.
     Column("wait_reason", String(16)),
     Column("waiting_on", String(100)),
+    # Taken in by a process without a write key: only such a row may end as a dry run.
+    Column("taken_in_dry_run", Boolean, nullable=False, server_default=false()),
 )
 # The fixed vocabulary of ``wait_reason``: a failed attempt waits out its backoff; a row
 # whose destination's circuit is open is parked until the probe succeeds; a row whose Drift

@@ -38,6 +38,8 @@ class StoredWebhook:
     queued_at: float
     attempts: int
     dedupe_key: str = ""  # the key the event was stored under (its identity when stored)
+    was_parked: bool = False  # it waited behind its destination's open circuit
+    taken_in_dry_run: bool = False  # stored by a process without a write key
 
 
 @dataclass(frozen=True)
@@ -95,16 +97,17 @@ class Deliveries(StoreBase):
                     attempts=webhooks.c.attempts + 1)
             .returning(webhooks.c.id, webhooks.c.org_id, webhooks.c.event_type,
                        webhooks.c.payload, webhooks.c.received_at, webhooks.c.queued_at,
-                       webhooks.c.attempts, webhooks.c.dedupe_key)
+                       webhooks.c.attempts, webhooks.c.dedupe_key, webhooks.c.wait_reason,
+                       webhooks.c.taken_in_dry_run)
         )
         with self._writing() as connection:
             rows = connection.execute(statement).all()
         loads = json.loads
         claimed = [
             StoredWebhook(row_id, org_id, event_type, loads(payload), received_at, queued_at,
-                          attempts, key)
-            for row_id, org_id, event_type, payload, received_at, queued_at, attempts, key
-            in rows
+                          attempts, key, wait_reason == "parked", bool(dry_run))
+            for (row_id, org_id, event_type, payload, received_at, queued_at, attempts, key,
+                 wait_reason, dry_run) in rows
         ]
         claimed.sort(key=lambda row: row.id)
         return claimed

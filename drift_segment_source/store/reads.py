@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, delete, func, literal_column, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
 from .base import StoreBase
 from .db import IS_DEAD, IS_FINISHED, IS_HELD, IS_PENDING, quarantine, webhooks
@@ -39,14 +38,6 @@ class Reads(StoreBase):
                 for event_type, number in connection.execute(statement):
                     found[(event_type, state)] = int(number)
         return found
-
-    def newest_row_id(self) -> int:
-        """The id of the newest webhook row stored (0 when there is none, or no table yet)."""
-        try:
-            with self.engine.connect() as connection:
-                return int(connection.execute(select(func.max(webhooks.c.id))).scalar() or 0)
-        except SQLAlchemyError:  # a store not migrated yet holds no rows
-            return 0
 
     def held_by_reason(self) -> dict[str, int]:
         """Held rows per hold reason (what each waits for)."""

@@ -122,6 +122,7 @@ class Store(Deliveries, Retention, Reads):
         payload: str,
         received_at: float,
         hold_reason: str | None = None,
+        dry_run: bool = False,
     ) -> int | None:
         """Store a webhook durably; its id, or None when this Drift event is already stored.
 
@@ -130,7 +131,7 @@ class Store(Deliveries, Retention, Reads):
         """
         now = self.now()
         row = (org_id, event_type, dedupe_key, payload, received_at, now,
-               "held" if hold_reason else "pending", hold_reason, 0, now)
+               "held" if hold_reason else "pending", hold_reason, 0, now, dry_run)
         return self._group_commit.submit(row)
 
     def quarantine(self, org_id: int | None, event_type: str, payload: str, errors: Any) -> int:

@@ -255,3 +255,36 @@ def test_a_circuit_left_open_by_another_loop_clears_when_segment_answers(
     assert app.test_client().get("/readyz").get_json()["checks"]["circuits"]["open"] == 0
     scrape = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'drift_segment_source_open_circuits{destination="segment"} 0.0' in scrape
+
+
+def test_a_loop_whose_circuit_never_opened_calls_the_rows_another_loop_parked(
+        app: Flask, segment: FakeSegment, clock: FakeClock) -> None:
+    first, second = make_delivery(app), make_delivery(app)
+    post_conversations(app, 1)
+    second.run_round()  # the second loop has posted to this destination before
+    second.drain(10)
+    second.run_round()  # (and seen its own success)
+    assert len(segment.message_id_counts()) == 1
+    segment.fail_always(503)
+    # More webhooks, all claimed by the first loop, whose circuit opens.
+    for number in range(30):
+        app.test_client().post("/webhooks/drift", json=webhook(
+            "new_conversation", {"id": 100 + number, "contactId": 900 + number,
+                                 "createdAt": 1714419312425 + number}))
+    for _ in range(10):
+        first.run_round()
+        first.drain(10)
+        clock.advance(1)
+    assert app.extensions["store"].open_breakers(), "the first loop's circuit is open"
+    parked_long = [row for row in rows(app) if row["next_attempt_at"] - clock.now > 10]
+    assert len(parked_long) >= 20, rows(app)
+    segment.recover()
+    recovered_at = clock.now
+    # Only the second loop runs now: it posts the row kept for the probe, and its success
+    # calls the others, parked for a minute by the first loop.
+    while any(row["state"] != "delivered" for row in rows(app)):
+        second.run_round()
+        second.drain(10)
+        clock.advance(0.5)
+        assert clock.now - recovered_at <= PROBE_SECONDS + 5, "the backlog did not resume"
+    assert len(segment.message_id_counts()) == 31

@@ -151,8 +151,9 @@ def test_events_without_their_own_time_are_told_apart_by_receipt_time(
 
 
 def test_upgrading_keeps_the_dedupe_keys_of_webhooks_already_stored(
-        make_app: AppFactory, database_url: str, clock: FakeClock) -> None:
-    app = make_app(CLOCK=clock, SEGMENT_WRITE_KEY="")
+        make_app: AppFactory, database_url: str, clock: FakeClock,
+        segment: FakeSegment) -> None:
+    app = make_app(CLOCK=clock, SEGMENT_HOST=segment.url)
     store = app.extensions["store"]
     body = fixture("new_conversation")
     assert answer(app, body)["status"] == "accepted"

@@ -113,12 +113,33 @@ def test_a_restart_without_the_write_key_holds_the_backlog_taken_in_with_it(
     readiness = keyless.test_client().get("/readyz").get_json()
     assert any("no_write_key" in warning and "SEGMENT_WRITE_KEY" in warning
                for warning in readiness["warnings"])
-    # With the key back, they are delivered, each once.
+    # With the key back, they are delivered, each once, even while the process without it
+    # still runs and holds them again (a rolling restart): the keyed one releases them again.
     segment.recover()
     keyed = make_app(SEGMENT_HOST=segment.url, CLOCK=clock, DATABASE_URL=url)
-    make_delivery(keyed).run_round()
+    delivery = make_delivery(keyed)
+    make_delivery(keyless).run_round()
+    assert states(keyed) == {"held": 3, "dry_run": 1}
+    delivery.housekeeping.now_and_then()
+    delivery.run_round()
     assert states(keyed) == {"delivered": 3, "dry_run": 1}
     assert len(segment.message_id_counts()) == 3
+
+
+def test_a_service_without_the_write_key_never_dry_runs_what_one_with_it_took_in(
+        make_app: AppFactory, segment: FakeSegment, clock: FakeClock) -> None:
+    keyed = make_app(SEGMENT_HOST=segment.url, CLOCK=clock)
+    url = keyed.extensions["store"].engine.url.render_as_string(hide_password=False)
+    # A dry run left running on the same store (another port) holds the delivery lease.
+    keyless = make_app(SEGMENT_WRITE_KEY="", SEGMENT_HOST=segment.url, CLOCK=clock,
+                       DATABASE_URL=url)
+    for body in conversations(4):
+        post(keyed, body)
+    make_delivery(keyless).run_round()
+    assert states(keyed) == {"held": 4}
+    assert segment.requests == 0
+    make_delivery(keyed).run_round()  # once it delivers (the dry run stopped)
+    assert states(keyed) == {"delivered": 4}
 
 
 def test_dry_run_is_announced_loudly_at_start(make_app: AppFactory,

@@ -91,7 +91,7 @@ def store_event(translator: Translator, envelope: Envelope, store: Store, routin
             return Taken("duplicate")
         stored_id = store.accept(envelope.org_id, envelope.event_type, key,
                                  envelope.stored_payload, received_at=received_at,
-                                 hold_reason=route.hold)
+                                 hold_reason=route.hold, dry_run=routing.dry_run)
     except UnicodeEncodeError:
         # Webhooks are checked at the door (envelope.check_carriable); this catches what
         # backfill brings from the Drift API.
