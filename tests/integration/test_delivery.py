@@ -138,6 +138,8 @@ def test_a_service_without_the_write_key_never_dry_runs_what_one_with_it_took_in
     make_delivery(keyless).run_round()
     assert states(keyed) == {"held": 4}
     assert segment.requests == 0
+    [warning] = keyed.test_client().get("/readyz").get_json()["warnings"]
+    assert "a process without SEGMENT_WRITE_KEY holds them" in warning
     make_delivery(keyed).run_round()  # once it delivers (the dry run stopped)
     assert states(keyed) == {"delivered": 4}
 
