@@ -50,8 +50,9 @@ def fix_for_held(reason: str, settings: Mapping[str, Any]) -> str:
             return ("their organisation's admin finishes the install by saving a Segment "
                     f"write key ({ORGS_HINT})")
         if settings.get("SEGMENT_WRITE_KEY"):
-            return ("a process without SEGMENT_WRITE_KEY holds them (a dry run still running "
-                    "on the same store?): stop it; this one delivers them within seconds")
+            return ("a process on the same store runs without SEGMENT_WRITE_KEY (a dry run "
+                    "still running, or a worker started without the key?): give it the key or "
+                    "stop it; a delivery loop with the key releases them within 10 s")
         return "set SEGMENT_WRITE_KEY and restart; they are delivered then"
     if reason == NEEDS_REINSTALL:
         return ("Drift refused their organisation's token: an admin of the organisation "

@@ -145,8 +145,11 @@ class Deliveries(StoreBase):
                                   **finished}))
         for hold_reason, failures in (held or {}).items():
             for (reason, _), ids in by_reason(failures).items():
+                # Held rows spend no attempts: a row held and released again and again (a
+                # process without a write key beside one with it) must not run out of them.
                 changes.append((ids, {"state": "held", "hold_reason": hold_reason,
-                                      "last_error": reason, **finished}))
+                                      "last_error": reason,
+                                      "attempts": webhooks.c.attempts - 1, **finished}))
         for due_at, failures in (retry or {}).items():
             for (reason, destination), ids in by_reason(failures).items():
                 changes.append((ids, {"next_attempt_at": due_at, "last_error": reason,
