@@ -1357,7 +1357,10 @@ def main() -> int:
                         for run in delivery],
            "direct": vars(direct) if direct else None,
            "backlog": [vars(run) for run in backlog], "failures": failures}
-    (settings.results / name.replace(".md", ".json")).write_text(json.dumps(raw, indent=1))
+    # Raw numbers stay out of git (bench/results/raw/ is ignored); the Markdown is the record.
+    raw_dir = settings.results / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    (raw_dir / name.replace(".md", ".json")).write_text(json.dumps(raw, indent=1))
     print(text)
     log(f"report: {settings.results / name}")
     if failures:
