@@ -22,7 +22,7 @@ from .delivery.settings import DeliverySettings, RetentionSettings
 from .delivery.stitching import Stitching
 from .destinations.segment import Transport, make_transport
 from .drift_api import DriftApi
-from .routing import NO_DRIFT_TOKEN, NO_WRITE_KEY, SelfHostedRouting
+from .routing import NO_DRIFT_TOKEN, SelfHostedRouting
 from .store.database_clock import DatabaseClock
 from .store.db import default_database_url, make_engine
 from .store.faults import make_store
@@ -153,8 +153,8 @@ def make_delivery(app: Flask) -> Delivery:
     if settings.get("SEGMENT_WRITE_KEY") and not config.app_mode(settings):
         # Rows a process without a write key held can go now, and again now and then while
         # such a process may still run beside this one (app mode releases per org).
-        store.release_held(NO_WRITE_KEY)
         delivery.housekeeping.release_for_write_key = True
+        delivery.housekeeping.release_held_for_write_key()
     if isinstance(delivery.routing, AppRouting):
         # A webhook that raced an org's write-key save may have been held after the release.
         delivery.routing.release_ready()

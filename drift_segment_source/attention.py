@@ -33,8 +33,6 @@ from .store.store import Store
 
 log = logging.getLogger("drift_segment_source.attention")
 
-# The store keeps a circuit's key to this many characters (``Store.set_breaker``).
-STORED_KEY_LENGTH = 55
 # A backlog whose oldest row has waited this long needs a look even with no circuit open.
 STALLED_SECONDS = 15 * 60
 ORGS_HINT = "`drift-segment-source orgs list` names the organisations"
@@ -259,7 +257,7 @@ class Destinations:
         if self._segment is None:
             self._segment = {}
             for host, write_key in self._segment_destinations():
-                self._segment[segment_key(host, write_key)[:STORED_KEY_LENGTH]] = host
+                self._segment[segment_key(host, write_key)] = host
         return self._segment
 
     def _segment_destinations(self) -> list[tuple[str, str]]:

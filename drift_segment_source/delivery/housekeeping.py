@@ -135,7 +135,8 @@ class Housekeeping:
             log.info("pruned delivered webhooks", extra={"count": pruned})
 
     def release_held_for_write_key(self) -> None:
-        """Rows held for a write key are due: this process has one."""
+        """Rows held for a write key are due: this process has one (at start, then as a
+        chore while a process without one may still hold them again)."""
         released = self.store.release_held(NO_WRITE_KEY)
         if released:
             log.info("rows held for a write key are due", extra={"count": released})

@@ -310,13 +310,15 @@ class Delivery:
         """Log the rows taken in as a dry run; hold the others for a write key (taken in
         with one, they meet a process without it: a restart without SEGMENT_WRITE_KEY, or
         a second service on the same store)."""
+        taken_in_dry_run = []
         for prepared in rows:
-            if not prepared.row.taken_in_dry_run:
+            if prepared.row.taken_in_dry_run:
+                taken_in_dry_run.append(prepared)
+                outcomes.dry_run.append(prepared.row.id)
+            else:
                 outcomes.file(prepared.row.id, Held(
                     NO_WRITE_KEY, "taken in with a write key, and this process has none"))
-        taken_in_dry_run = [prepared for prepared in rows if prepared.row.taken_in_dry_run]
         self.log_dry_run(taken_in_dry_run)
-        outcomes.dry_run.extend(prepared.row.id for prepared in taken_in_dry_run)
 
     def log_dry_run(self, rows: list[Prepared]) -> None:
         """Dry-run: show each message that would have been sent."""
